@@ -1,0 +1,209 @@
+"""One config schema for the whole appliance, loaded from YAML and validated.
+
+Every section is a dataclass; unknown keys, wrong types and out-of-range values raise
+`ConfigError` naming the file and the dotted key, so an operator editing
+/etc/campus-guide/config.yaml on a kiosk gets told exactly what to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_DATA = Path(__file__).parent / "data"
+SAMPLE_KB = PACKAGE_DATA / "sample_campus.yaml"
+ENV_CONFIG = "CAMPUS_GUIDE_CONFIG"
+ENV_MODELS = "CAMPUS_GUIDE_MODELS"
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable or invalid; the message says where and how to fix it."""
+
+
+@dataclass
+class VADConfig:
+    threshold: float = 0.5          # speech probability that opens an utterance
+    end_silence_s: float = 0.45     # trailing silence that closes it
+    pre_roll_s: float = 0.3         # audio kept from before the start (first syllable)
+    min_speech_s: float = 0.25      # shorter bursts are noise (a cough, a door)
+    max_utterance_s: float = 15.0   # a monologue is cut cleanly here
+
+
+@dataclass
+class ASRConfig:
+    model: str = "whisper-base"     # a name under models_dir, or a path to a CTranslate2 folder
+    language: str = "auto"          # auto | ko | en
+    compute_type: str = "int8"
+    device: str = "cpu"
+    beam_size: int = 1
+    cpu_threads: int = 0            # 0 = CTranslate2's default
+    hotwords: bool = True           # pass knowledge-base names to Whisper
+
+
+@dataclass
+class LLMConfig:
+    model: str = "gemma3-270m-q4_k_m.gguf"  # a file under models_dir, or a path
+    lora: str | None = "auto"       # adapter GGUF applied at load; "auto" = campus-lora.gguf if present; null = none
+    n_ctx: int = 2048
+    n_threads: int = 0              # 0 = all cores
+    n_gpu_layers: int = 0           # -1 on the Jetson (all layers on the GPU)
+    max_tokens: int = 160
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class DialogueConfig:
+    memory_turns: int = 10          # question/answer pairs kept as context (the ancestor kept 10)
+    session_timeout_s: float = 60.0 # silence after which the next visitor starts afresh
+    retrieval_k: int = 3
+    min_score: float = 0.80         # below this the kiosk says it does not know
+    kiosk_location: str = "main_gate"  # graph node meaning "here"
+    max_sentence_chars: int = 160   # run-on sentences are cut for TTS here
+
+
+@dataclass
+class TTSConfig:
+    voices: dict[str, str | None] = field(
+        default_factory=lambda: {"en": "en_US-joe-medium.onnx", "ko": None}
+    )
+    espeak_fallback: bool = True    # speak languages without a piper voice with espeak-ng
+    length_scale: float = 1.0
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    input_device: str | None = None
+    output_device: str | None = None
+    barge_in: bool = False          # only with an echo-cancelling microphone
+
+
+@dataclass
+class BudgetConfig:
+    total_gb: float = 6.5
+
+
+@dataclass
+class RuntimeConfig:
+    state_dir: str = "state"        # status.json and turns.jsonl for `campus-guide status`
+
+
+@dataclass
+class Config:
+    kb: str = str(SAMPLE_KB)
+    models_dir: str = "models"
+    vad: VADConfig = field(default_factory=VADConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: str | None = None       # the file this came from, for messages
+
+    def models_path(self, name: str | None) -> Path | None:
+        """A model name under `models_dir`, or a path given as is."""
+        if name is None:
+            return None
+        p = Path(os.path.expanduser(name))
+        return p if p.is_absolute() or p.parent != Path(".") else Path(self.models_dir) / p
+
+
+_CHECKS: dict[str, tuple[str, Any]] = {
+    "vad.threshold": ("within 0..1", lambda v: 0 < v < 1),
+    "vad.end_silence_s": ("positive", lambda v: v > 0),
+    "vad.max_utterance_s": ("positive", lambda v: v > 0),
+    "asr.language": ("one of auto, ko, en", lambda v: v in ("auto", "ko", "en")),
+    "asr.beam_size": ("at least 1", lambda v: v >= 1),
+    "llm.n_ctx": ("at least 256", lambda v: v >= 256),
+    "llm.max_tokens": ("at least 1", lambda v: v >= 1),
+    "dialogue.memory_turns": ("0 or more", lambda v: v >= 0),
+    "dialogue.retrieval_k": ("at least 1", lambda v: v >= 1),
+    "dialogue.min_score": ("within 0..1", lambda v: 0 <= v <= 1),
+    "dialogue.max_sentence_chars": ("at least 20", lambda v: v >= 20),
+    "audio.sample_rate": ("8000..48000", lambda v: 8000 <= v <= 48000),
+    "budget.total_gb": ("positive", lambda v: v > 0),
+}
+
+
+def _build(cls: type, data: Any, where: str, src: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: '{where or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(sorted(names))})"
+            raise ConfigError(f"{src}: unknown key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path, src)
+        if path in _CHECKS and not _CHECKS[path][1](kwargs[key]):
+            raise ConfigError(f"{src}: '{path}' must be {_CHECKS[path][0]}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, src: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, src)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{path}' must be a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{src}: '{path}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load `path`, else $CAMPUS_GUIDE_CONFIG, else the built-in defaults.
+
+    Relative paths inside a config file are taken relative to that file, so a deployment's
+    config and its models can move together.
+    """
+    path = path or os.environ.get(ENV_CONFIG)
+    if not path:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found (pass --config FILE or set {ENV_CONFIG})")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        cfg = _build(Config, data, "", str(p))
+        cfg.source = str(p)
+        base = p.resolve().parent
+        for attr in ("kb", "models_dir"):
+            v = Path(os.path.expanduser(getattr(cfg, attr)))
+            setattr(cfg, attr, str(v if v.is_absolute() else base / v))
+        cfg.runtime.state_dir = str(base / os.path.expanduser(cfg.runtime.state_dir))
+    if os.environ.get(ENV_MODELS):
+        cfg.models_dir = os.environ[ENV_MODELS]
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    data = dataclasses.asdict(cfg)
+    data.pop("source")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
