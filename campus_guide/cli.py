@@ -11,7 +11,13 @@ import sys
 from .config import ConfigError
 
 # Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
-AREAS = ("campus_guide.knowledge.cli", "device.cli", "training.cli", "export.cli")
+AREAS = (
+    "campus_guide.knowledge.cli",
+    "device.cli",
+    "device.appliance_cli",
+    "training.cli",
+    "export.cli",
+)
 
 
 class UserError(Exception):
