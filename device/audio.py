@@ -1,0 +1,260 @@
+"""Audio in and out: WAV files, the microphone and the speaker.
+
+Everything inside the device is float32 mono in [-1, 1]. Files at other rates or with more
+channels are resampled and downmixed on read rather than refused, because operators feed the
+demo whatever their phone recorded. The sound card is reached only through `_sounddevice()`,
+the one seam tests replace (this build machine has no sound card).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from math import gcd
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from campus_guide.cli import UserError
+from campus_guide.config import AudioConfig
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+CHUNK = 512            # 32 ms at 16 kHz: the window silero VAD v5/v6 is trained on
+_ZERO_CROSSINGS = 16   # resampling filter half-length, in zero crossings of the lower rate
+_KAISER_BETA = 8.6     # ~ -80 dB stop band
+_BLOCK = 1 << 15       # output samples resampled per step (bounds memory on long files)
+
+
+class AudioError(UserError):
+    """Audio that cannot be read, or a sound device that is not there."""
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited polyphase resampling (Kaiser-windowed sinc), numpy only.
+
+    The rational factor dst/src is reduced by the gcd and only the filter taps that meet a
+    real input sample are evaluated, so 44.1 -> 16 kHz costs ~90 multiply-adds per output.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if src_rate == dst_rate or audio.size == 0:
+        return audio
+    g = gcd(src_rate, dst_rate)
+    up, down = dst_rate // g, src_rate // g
+    factor = max(up, down)
+    half = _ZERO_CROSSINGS * factor
+    m = np.arange(-half, half + 1, dtype=np.float64)
+    cutoff = 0.5 / factor                       # cycles per sample at the upsampled rate
+    taps = 2 * cutoff * np.sinc(2 * cutoff * m) * np.kaiser(m.size, _KAISER_BETA) * up
+    per_phase = -(-taps.size // up)
+    taps = np.pad(taps, (0, per_phase * up - taps.size))
+    bank = taps.reshape(per_phase, up).T.astype(np.float32)   # bank[phase, j] = taps[phase + j*up]
+
+    n_out = -(-audio.size * up // down)
+    padded = np.pad(audio, (per_phase, per_phase))
+    out = np.empty(n_out, dtype=np.float32)
+    j = np.arange(per_phase)
+    for start in range(0, n_out, _BLOCK):
+        t = np.arange(start, min(start + _BLOCK, n_out), dtype=np.int64) * down + half
+        idx = (t // up)[:, None] - j[None, :] + per_phase
+        out[start:start + t.size] = np.einsum("ij,ij->i", bank[t % up], padded[idx])
+    return out
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) by averaging the channels."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio
+
+
+def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any WAV/FLAC/OGG soundfile reads -> float32 mono at `sample_rate`."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{p}: audio file not found (pass a WAV or FLAC file)")
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{p}: not a readable audio file ({e}); convert it to WAV, e.g. "
+                         f"`sox IN.mp3 -r 16000 -c 1 OUT.wav`") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{p}: the audio file is empty (0 samples); record the question again")
+    return resample(to_mono(data), rate, sample_rate)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """float32 in [-1, 1] -> 16-bit PCM WAV (what every player and `aplay` accept)."""
+    import soundfile as sf
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(p), np.clip(np.asarray(audio, dtype=np.float32), -1, 1), sample_rate,
+             subtype="PCM_16")
+    return p
+
+
+def chunked(audio: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:
+    """Fixed-size chunks; the last one is zero-padded so every chunk is a full VAD window."""
+    for start in range(0, len(audio), size):
+        piece = audio[start:start + size]
+        if piece.size < size:
+            piece = np.pad(piece, (0, size - piece.size))
+        yield piece
+
+
+class FileSource:
+    """A WAV file (or an array) played into the pipeline as microphone-sized chunks.
+
+    `realtime=True` paces the chunks like a live microphone, for demos and latency tests;
+    otherwise they come as fast as the consumer takes them.
+    """
+
+    def __init__(self, source: str | Path | np.ndarray, sample_rate: int = SAMPLE_RATE,
+                 realtime: bool = False, chunk: int = CHUNK):
+        self.audio = (np.asarray(source, dtype=np.float32) if isinstance(source, np.ndarray)
+                      else read_wav(source, sample_rate))
+        self.sample_rate, self.realtime, self.chunk = sample_rate, realtime, chunk
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        t0 = time.monotonic()
+        for i, piece in enumerate(chunked(self.audio, self.chunk)):
+            if self.realtime:
+                delay = t0 + i * self.chunk / self.sample_rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield piece
+
+
+def _sounddevice():
+    """The sound card library; the one seam tests fake (no sound card on the build machine)."""
+    try:
+        import sounddevice
+    except OSError as e:  # the PortAudio shared library itself is missing
+        raise AudioError(f"sound is unavailable ({e}); install PortAudio "
+                         f"(`apt-get install libportaudio2`)") from None
+    return sounddevice
+
+
+def _device(sd, wanted: str | None, kind: str) -> str | int | None:
+    """Check that a device of `kind` exists before opening a stream, for a clear message."""
+    try:
+        sd.query_devices(wanted, kind=kind)
+    except (ValueError, sd.PortAudioError) as e:
+        what = "microphone" if kind == "input" else "speaker"
+        key = "audio.input_device" if kind == "input" else "audio.output_device"
+        raise AudioError(f"no {what} found ({e}); connect one or set {key} in the config "
+                         f"(list them with `python -m sounddevice`), or use --wav FILE / typed "
+                         f"questions") from None
+    return wanted
+
+
+class Microphone:
+    """16 kHz mono microphone yielding CHUNK-sample float32 chunks.
+
+    PortAudio's callback thread only enqueues; iteration happens in the caller's thread, so a
+    slow consumer never makes the driver drop audio (the queue grows instead). `flush()` drops
+    what was heard while the kiosk was speaking (half-duplex).
+    """
+
+    def __init__(self, cfg: AudioConfig | None = None, chunk: int = CHUNK):
+        cfg = cfg or AudioConfig()
+        sd = _sounddevice()
+        device = _device(sd, cfg.input_device, "input")
+        self.sample_rate, self.chunk = cfg.sample_rate, chunk
+        self._queue: queue.Queue[np.ndarray] = queue.Queue()
+        self._stream = sd.InputStream(samplerate=self.sample_rate, blocksize=chunk, channels=1,
+                                      dtype="float32", device=device, callback=self._callback)
+        self._stream.start()
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status:
+            log.debug("microphone: %s", status)
+        self._queue.put(indata[:, 0].copy())
+
+    def flush(self) -> None:
+        """Forget everything captured so far."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while self._stream.active:
+            try:
+                yield self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+    def __enter__(self) -> Microphone:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Speaker:
+    """Plays float32 mono audio; `.playing` is true while sound goes out (half-duplex gate).
+
+    Audio is written in short blocks so `stop()` (barge-in, Ctrl-C) takes effect within ~50 ms.
+    """
+
+    def __init__(self, cfg: AudioConfig | None = None, sample_rate: int = 22050):
+        cfg = cfg or AudioConfig()
+        sd = _sounddevice()
+        device = _device(sd, cfg.output_device, "output")
+        self.sample_rate = sample_rate
+        self._stop = threading.Event()
+        self._playing = threading.Event()
+        self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32",
+                                       device=device)
+        self._stream.start()
+
+    @property
+    def playing(self) -> bool:
+        return self._playing.is_set()
+
+    def play(self, audio: np.ndarray) -> None:
+        """Blocking: returns when the audio has been handed to the driver (or stop() was called)."""
+        self.play_stream([audio])
+
+    def play_stream(self, chunks: Iterable[np.ndarray]) -> None:
+        """Play chunks as they arrive (TTS sentence by sentence); `.playing` spans the whole stream."""
+        self._stop.clear()
+        self._playing.set()
+        block = self.sample_rate // 20
+        try:
+            for audio in chunks:
+                audio = np.asarray(audio, dtype=np.float32)
+                for start in range(0, len(audio), block):
+                    if self._stop.is_set():
+                        return
+                    self._stream.write(audio[start:start + block].reshape(-1, 1))
+        finally:
+            self._playing.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+    def __enter__(self) -> Speaker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
