@@ -20,6 +20,8 @@ EOS = "<eos>"
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 BOS_ID, EOS_ID, END_OF_TURN_ID = 2, 1, 107
+# Gemma 1/2 (and the tiny test models) ids. Gemma-3 has <start_of_turn> 105, <end_of_turn> 106
+# and 107 = "\n": look turn-token ids up in the loaded vocabulary, never trust these blindly.
 
 # Generation stops at either; both are also written as eos in generation_config.json on merge.
 STOP_STRINGS: tuple[str, ...] = (END_OF_TURN, EOS)
