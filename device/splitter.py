@@ -37,19 +37,19 @@ def _sentence_end(buf: str, final: bool) -> int | None:
         if j == len(buf):
             return j if final else None              # the next piece decides
         nxt = buf[j]
-        if c == "." and j == i + 1 and not nxt.isspace():
-            # "3.5", "B.12", "e.g": a period inside a token; Korean endings are the exception.
-            if i > 0 and _HANGUL.match(buf[i - 1]) and not nxt.isdigit():
-                return j
-            i = j
-            continue
         if nxt.isspace():
             word = _WORD_BEFORE.search(buf[:i])
             if c == "." and j == i + 1 and word and word.group(1).lower() in ABBREVIATIONS:
                 i = j
                 continue
             return j
-        i = j
+        if c == "." and j == i + 1:
+            # "3.5", "B.12", "e.g": a period inside a token; Korean endings are the exception.
+            if i > 0 and _HANGUL.match(buf[i - 1]) and not nxt.isdigit():
+                return j
+            i = j
+            continue
+        return j                                     # "?", "!", "。" need no space after them
     return None
 
 
