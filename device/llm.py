@@ -11,13 +11,15 @@ import codecs
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from campus_guide.cli import UserError
 from campus_guide.config import LLMConfig
 from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, STOP_TOKEN_IDS
+
+from .models import require
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class GenStats:
     tokens: int = 0            # generated tokens, stop token excluded
     decode_s: float = 0.0      # time spent producing tokens after the first
     stopped: str = ""          # "stop" (end of turn) or "length" (max_tokens)
+    ids: list[int] = field(default_factory=list)   # generated token ids
 
     @property
     def tok_s(self) -> float:
@@ -63,17 +66,28 @@ def _hold_back(text: str) -> tuple[str, str, bool]:
     return text, "", False
 
 
+class Detokenizer:
+    """Token ids -> text one token at a time, in O(1) per token. A byte-level token may carry
+    half of a Hangul syllable; the incremental UTF-8 decoder keeps it until the rest arrives."""
+
+    def __init__(self, llama):
+        self.llama = llama
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self._utf8.decode(self.llama.detokenize([token], special=True))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
 class LLM:
     """One loaded GGUF (+ optional LoRA adapter); `stream(prompt)` yields text pieces."""
 
     def __init__(self, cfg: LLMConfig, models_dir: str | os.PathLike = "models"):
         self.cfg = cfg
-        self.model_path = _resolve(cfg.model, models_dir)
-        if not self.model_path.is_file():
-            raise LLMError(
-                f"LLM model file not found: {self.model_path}. Run `campus-guide models fetch` "
-                f"to assemble the embedded models, or set llm.model in the config to a GGUF file."
-            )
+        self.model_path = require(_resolve(cfg.model, models_dir), "LLM model file (GGUF)",
+                                  "llm.model")
         self.adapter_path = self._adapter(cfg.lora, Path(models_dir))
         self._verify_bundle(self.model_path.parent)
         from llama_cpp import Llama, llama_vocab_is_eog
@@ -153,7 +167,7 @@ class LLM:
             )
         stats = self.last = GenStats(prompt_tokens=len(tokens))
         budget = min(self.cfg.max_tokens, self.cfg.n_ctx - len(tokens))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        detok = Detokenizer(self.llama)
         held = ""
         gen = self.llama.generate(tokens, temp=self.cfg.temperature, repeat_penalty=1.0)
         busy = 0.0   # time inside this generator, the consumer's time between pieces excluded
@@ -169,8 +183,9 @@ class LLM:
                     stats.stopped = "stop"
                     break
                 stats.tokens += 1
+                stats.ids.append(token)
                 stats.decode_s = busy
-                text = held + decoder.decode(self.llama.detokenize([token], special=True))
+                text = held + detok.feed(token)
                 emit, held, stop = _hold_back(text)
                 if stop:
                     stats.stopped = "stop"
@@ -183,7 +198,7 @@ class LLM:
                     stats.stopped = "length"
                     break
                 t = time.perf_counter()
-            rest = held + decoder.decode(b"", final=True)
+            rest = held + detok.flush()
             if rest:
                 yield rest
         finally:
