@@ -46,11 +46,28 @@ _THEN = {"en": ", then ", "ko": ", 그다음 "}
 _CODE = re.compile(r"\b([A-Za-z]{1,3})-?(\d+)(?:-(\d+))?\b")
 _UNIT = re.compile(r"(\d)\s*(km|mins?|m|h)\b")
 _MARKUP = re.compile(r"[*_#`|<>\[\]{}]+")
+_TIME = re.compile(r"(?<![\d:])([01]?\d|2[0-4]):([0-5]\d)(?![\d:])")
+_RANGE = re.compile(r"(\d[\d:]*)\s*[–~]\s*(\d[\d:]*)")
+_RANGE_WORDS = {"en": r"\1 to \2", "ko": r"\1부터 \2까지"}
+
+
+def _say_time(m: re.Match, lang: str) -> str:
+    """24-hour clock times as people say them: "08:30" -> "8 30 a.m." / "8시 30분"."""
+    h, mm = int(m.group(1)), int(m.group(2))
+    if lang == "ko":
+        return f"{h}시" + (f" {mm}분" if mm else "")
+    if h in (0, 24) and not mm:
+        return "midnight"
+    if h == 12 and not mm:
+        return "noon"
+    h12 = h % 12 or 12
+    return f"{h12}" + (f" {mm:02d}" if mm else "") + (" a.m." if h < 12 or h == 24 else " p.m.")
 
 
 def normalize_for_speech(text: str, lang: str) -> str:
     """Written answer -> what a voice should read: building codes letter by letter
-    ("B12" -> "B 12", in Korean "비 12"), units spelt out, arrows and markup removed."""
+    ("B12" -> "B 12", in Korean "비 12"), clock times and ranges as spoken, units spelt out,
+    arrows and markup removed."""
     lang = lang if lang in _UNITS else "en"
 
     def code(m: re.Match) -> str:
@@ -60,6 +77,8 @@ def normalize_for_speech(text: str, lang: str) -> str:
 
     text = _MARKUP.sub(" ", text)
     text = re.sub(r"\s*(?:→|->|=>)\s*", _THEN[lang], text)
+    text = _RANGE.sub(_RANGE_WORDS[lang], text)
+    text = _TIME.sub(lambda m: _say_time(m, lang), text)
     text = _UNIT.sub(lambda m: f"{m.group(1)} {_UNITS[lang][m.group(2)]}", text)
     text = _CODE.sub(code, text)
     return re.sub(r"\s+", " ", text).strip()
