@@ -1,0 +1,97 @@
+"""The deterministic grounded answer: what the kiosk says when the model's answer fails the
+grounding check, and the basis of the training targets. Every fact in it comes from the
+knowledge base, in the asker's language, in one to three sentences."""
+from __future__ import annotations
+
+from ..prompt import UNKNOWN
+from .retrieval import Retrieval
+from .routes import Route
+from .schema import Building, KnowledgeBase, Place
+
+# Sino-Korean digit readings that end in a consonant (영 일 삼 육 칠 팔), for particle choice.
+_DIGIT_BATCHIM = set("013678")
+
+
+def has_batchim(word: str) -> bool:
+    """Whether the last sound of `word` is a consonant (picks 은/는, 이/가, 으로/로)."""
+    for ch in reversed(word.strip()):
+        code = ord(ch) - 0xAC00
+        if 0 <= code < 11172:
+            return code % 28 != 0
+        if ch.isdigit():
+            return ch in _DIGIT_BATCHIM
+        if ch.isalpha():
+            return ch.lower() in "lmnr"
+    return False
+
+
+def topic(word: str) -> str:
+    return word + ("은" if has_batchim(word) else "는")
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def compose_answer(r: Retrieval, min_score: float | None = None) -> str:
+    """The answer for a retrieval: the route when one was asked for, else the best entry.
+    With `min_score`, a retrieval below it gets prompt.UNKNOWN."""
+    if not r.results or (min_score is not None and not r.known(min_score)):
+        return UNKNOWN[r.lang]
+    if r.route is not None:
+        return route_answer(r.kb, r.route, r.lang)
+    return entry_answer(r.kb, r.results[0].id, r.lang)
+
+
+def entry_answer(kb: KnowledgeBase, id: str, lang: str) -> str:
+    """Where an entry is (building number, location or the way from its gate) and its hours."""
+    e = kb.get(id)
+    name, ko = e.name[lang], lang == "ko"
+    if isinstance(e, Building):
+        s = (f"{topic(name)} {e.number}번 건물로, {e.location.ko}에 있습니다." if ko
+             else f"{name} is building {e.number}, {e.location.en}.")
+    elif isinstance(e, Place) and e.off_campus:
+        gate, cat = kb.name(e.gate, lang), kb.category(e, lang)
+        if ko:
+            s = (f"{topic(name)} {gate}에서 {e.metres:g}m 떨어진 {cat}{'으로' if has_batchim(cat) else '로'}, "
+                 f"걸어서 약 {e.minutes:g}분 걸립니다. {e.directions.ko} 가세요.")
+        else:
+            s = (f"{name} is {_article(cat)} {e.metres:g} m from the {gate}, about {e.minutes:g} "
+                 f"minutes on foot. {e.directions.en}.")
+        if e.transit:
+            s += (" 걷기에는 멀어서 대중교통을 추천합니다: " if ko else " It is a long walk, so consider transit: ") \
+                 + e.transit[lang]
+    else:
+        s = f"{topic(name)} {e.location.ko}에 있습니다." if ko else f"{name} is {e.location.en}."
+    if e.hours:
+        s += f" 운영 시간은 {e.hours.ko}입니다." if ko else f" It is open {e.hours.en}."
+    return s
+
+
+def route_answer(kb: KnowledgeBase, route: Route, lang: str) -> str:
+    """The route as one flowing sentence of landmark steps plus the totals."""
+    ko = lang == "ko"
+    dest = route.destination_name[lang]
+    entry = kb.get(route.destination) if route.destination in {e.id for e in kb.entries()} else None
+    if isinstance(entry, Building):
+        dest += f"({entry.number}번 건물)" if ko else f" (building {entry.number})"
+    if not route.steps:
+        return f"이미 {dest}에 있습니다." if ko else f"You are already at {dest}."
+    origin = route.origin_name[lang]
+    if ko:
+        parts = [s.text.ko.removesuffix("가세요.") + "간 뒤" for s in route.steps[:-1]]
+        parts.append(route.steps[-1].text.ko)
+        s = f"{origin}에서 {dest}까지는 " + ", ".join(parts) + \
+            f" 약 {route.metres}m, 걸어서 {route.minutes}분 정도입니다."
+    else:
+        parts = [_lower_first(s.text.en.rstrip(".")) for s in route.steps]
+        walk = ", then ".join(parts)
+        s = f"From {origin} to {dest}, {walk}. It is about {route.metres} m, {route.minutes} minutes on foot."
+    if route.transit:
+        s += (" 걷기에는 멀어서 대중교통을 추천합니다: " if ko else " It is a long walk, so consider transit: ") \
+             + route.transit[lang]
+    return s
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text

