@@ -1,0 +1,154 @@
+"""The kiosk loop (`listen`, what `campus-guide run` starts) and the operator's `demo`.
+
+Half-duplex by default: while the kiosk answers, and for a short tail after, microphone chunks
+are dropped and the VAD is reset, so the kiosk never hears (and answers) itself. With
+`audio.barge_in` (only for an echo-cancelling microphone) it keeps listening, and a visitor who
+starts speaking stops the playback; what they say becomes the next question.
+Turns run in a worker thread so the loop keeps reading the microphone and ticking the watchdog
+while an answer is generated and spoken.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from campus_guide.config import Config
+
+from .audio import AudioError, Microphone, Speaker, read_wav
+from .pipeline import Pipeline, TurnResult
+
+log = logging.getLogger(__name__)
+
+ECHO_TAIL_S = 0.3   # the room still rings (and the driver still plays) just after playback
+
+
+def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], None] | None = None,
+           on_tick: Callable[[], None] | None = None, stop: threading.Event | None = None) -> None:
+    """Microphone chunks -> VAD utterances -> pipeline -> speaker, until `stop` is set or the
+    microphone ends. `mic` yields float32 chunks (and may have flush()); `speaker` has
+    play_stream(), stop() and .playing."""
+    stop = stop or threading.Event()
+    vad, barge_in = pipeline.vad, pipeline.cfg.audio.barge_in
+    busy = threading.Event()
+    worker: threading.Thread | None = None
+
+    def answer(utterance) -> None:
+        try:
+            result = pipeline.ask_audio(utterance.audio, speaker, trim=False)
+            if on_turn:
+                on_turn(result)
+        except Exception:   # one bad turn must not take the kiosk down
+            log.exception("kiosk: turn failed")
+        finally:
+            busy.clear()
+
+    def chunks() -> Iterator:
+        deaf_until = 0.0
+        for chunk in mic:
+            if on_tick:
+                on_tick()
+            if stop.is_set():
+                return
+            speaking = busy.is_set() or speaker.playing
+            if barge_in:
+                if speaking and speaker.playing and vad._speaking:
+                    log.info("kiosk: barge-in, playback stopped")
+                    speaker.stop()
+                yield chunk
+                continue
+            now = time.monotonic()
+            if speaking:
+                deaf_until = now + ECHO_TAIL_S
+                continue
+            if deaf_until:
+                if now < deaf_until:
+                    continue
+                deaf_until = 0.0
+                vad.reset()             # forget whatever it heard of the kiosk's own voice
+                getattr(mic, "flush", lambda: None)()
+            yield chunk
+
+    vad.reset()
+    try:
+        for utterance in vad.utterances(chunks()):
+            if worker is not None:
+                worker.join()           # barge-in: the previous answer is being stopped
+            log.info("kiosk: utterance %.1f s%s", utterance.duration_s,
+                     " (cut at vad.max_utterance_s)" if utterance.cut else "")
+            busy.set()
+            worker = threading.Thread(target=answer, args=(utterance,), name="turn", daemon=True)
+            worker.start()
+    finally:
+        if worker is not None and worker.is_alive():
+            speaker.stop()
+            worker.join()
+
+
+def format_turn(r: TurnResult) -> str:
+    """A readable turn for the operator's terminal."""
+    if r.kind == "none":
+        return f"(nothing to answer: {r.transcript!r})" if r.transcript else "(no speech heard)"
+    t = r.timings
+    fmt = lambda v: "-" if v is None else f"{v:.2f}s"  # noqa: E731
+    lines = [f"you    [{r.language}]: {r.transcript}", f"guide  [{r.kind}]: {r.answer}"]
+    if r.guard:
+        lines.append(f"guard: fallback ({r.guard})")
+    if r.sources:
+        lines.append(f"sources: {', '.join(r.sources)}")
+    lines.append(f"timings: asr {fmt(t.asr_s)}  first token {fmt(t.first_token_s)}  first sentence "
+                 f"{fmt(t.first_sentence_s)}  first audio {fmt(t.first_audio_s)}  total "
+                 f"{fmt(t.total_s)}  rss {r.rss_mb:.0f} MB")
+    return "\n".join(lines)
+
+
+def _open_speaker(cfg: Config, sample_rate: int):
+    try:
+        return Speaker(cfg.audio, sample_rate=sample_rate)
+    except AudioError as e:
+        print(f"(no speaker: {e}; answers are shown, not played)")
+        return None
+
+
+def demo(cfg: Config, wavs: Sequence[str | Path] = (), use_mic: bool = True) -> int:
+    """The operator's SSH session: the microphone when there is one, otherwise typed questions;
+    `wavs` are asked first. A line naming a .wav file asks that file. Ctrl-C ends it."""
+    print("loading models ...", flush=True)
+    pipeline = Pipeline(cfg)
+    speaker = _open_speaker(cfg, pipeline.tts.sample_rate)
+    sink = speaker   # None: each answer is synthesised into memory and dropped
+    show = lambda r: print(format_turn(r), flush=True)  # noqa: E731
+    try:
+        for wav in wavs:
+            show(pipeline.ask_audio(read_wav(wav), sink))
+        if use_mic and speaker is not None:
+            try:
+                mic = Microphone(cfg.audio)
+            except AudioError as e:
+                print(f"(no microphone: {e})")
+            else:
+                print("listening; speak a question (Ctrl-C to quit)", flush=True)
+                with mic:
+                    listen(pipeline, mic, speaker, on_turn=show)
+                return 0
+        print("type a question (or a .wav path); empty line or Ctrl-D to quit", flush=True)
+        while True:
+            try:
+                line = input("question> ").strip()
+            except EOFError:
+                break
+            if not line:
+                break
+            if line.lower().endswith((".wav", ".flac")) and Path(line).is_file():
+                show(pipeline.ask_audio(read_wav(line), sink))
+            else:
+                show(pipeline.ask_text(line, sink))
+    except KeyboardInterrupt:
+        print("\nbye")
+    finally:
+        if speaker is not None:
+            speaker.close()
+        pipeline.close()
+    return 0

@@ -1,0 +1,247 @@
+"""The stages composed: utterance -> transcript -> grounded answer -> speech, with timings.
+
+Streamed mode runs three stages at once: a producer thread generates and guards sentences, a
+second thread synthesises each sentence as it arrives, and the caller's thread hands the audio to
+the sink (the speaker, or a collector). The first sentence is therefore playing while the rest is
+still being generated. Queues between the stages end with a sentinel written in `finally`, so a
+slow or failing stage makes the next one wait or raise, never stop early or hang.
+`sequential=True` is the ancestor's way, kept as the benchmark's baseline: the whole answer,
+then the whole synthesis, then playback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import resource
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+
+from campus_guide.config import Config
+from campus_guide.knowledge import Retriever, load_kb
+
+from .asr import Transcriber
+from .audio import FileSource
+from .dialogue import Dialogue, DialogueResult
+from .llm import LLM
+from .tts import Synthesizer
+from .vad import VAD
+
+log = logging.getLogger(__name__)
+
+VAD_MODEL = "silero_vad.onnx"
+TURN_LOG = "turns.jsonl"
+_END = object()
+
+
+class Sink(Protocol):
+    """Where the spoken answer goes: device.audio.Speaker, or a Collector."""
+    def play_stream(self, chunks: Iterable[np.ndarray]) -> None: ...
+
+
+class Collector:
+    """A sink that keeps the answer's audio in memory (ask --out, tests, benchmarks)."""
+
+    def __init__(self):
+        self.chunks: list[np.ndarray] = []
+
+    def play_stream(self, chunks: Iterable[np.ndarray]) -> None:
+        self.chunks.extend(np.asarray(c, np.float32) for c in chunks)
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class Timings:
+    """Seconds from the end of speech (the moment the question was complete)."""
+    asr_s: float | None = None
+    first_token_s: float | None = None
+    first_sentence_s: float | None = None
+    first_audio_s: float | None = None
+    total_s: float | None = None
+
+
+@dataclass
+class TurnResult:
+    transcript: str
+    language: str
+    answer: str = ""
+    sources: list[str] = field(default_factory=list)
+    kind: str = "none"              # llm | fallback | unknown | redirect | none (nothing heard)
+    guard: str | None = None        # why the model's answer was replaced, if it was
+    asr_confidence: float | None = None
+    timings: Timings = field(default_factory=Timings)
+    llm_tokens: int = 0
+    prefill_s: float | None = None
+    decode_tok_s: float | None = None
+    rss_mb: float = 0.0
+    mode: str = "streamed"
+    audio: np.ndarray | None = field(default=None, repr=False)
+    sample_rate: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("audio")
+        d["timings"] = {k: None if v is None else round(v, 4) for k, v in d["timings"].items()}
+        return d
+
+
+def rss_mb() -> float:
+    """Resident memory now (the kiosk's budget is shared CPU/GPU memory)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _produce(items: Iterable, q: queue.Queue, cancel: threading.Event) -> None:
+    """Thread body: copy `items` into `q`, then the end marker (or the error) - always."""
+    it = iter(items)
+    try:
+        for item in it:
+            if cancel.is_set():
+                break
+            q.put(item)
+    except BaseException as e:  # handed to the consumer, which re-raises it
+        q.put(e)
+    finally:
+        getattr(it, "close", lambda: None)()
+        q.put(_END)
+
+
+def _drain(q: queue.Queue) -> Iterator:
+    while (item := q.get()) is not _END:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class Pipeline:
+    """All models loaded once here; the kiosk is ready when the constructor returns."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        models = Path(cfg.models_dir)
+        t = time.perf_counter()
+        self.kb = load_kb(cfg.kb)
+        self.vad = VAD(models / VAD_MODEL, cfg.vad)
+        self.asr = Transcriber(cfg, self.kb.names() if cfg.asr.hotwords else [])
+        self.llm = LLM(cfg.llm, models)
+        self.tts = Synthesizer(cfg)
+        retriever = Retriever(self.kb, here=cfg.dialogue.kiosk_location)
+        self.dialogue = Dialogue(cfg, self.kb, retriever, self.llm)
+        self.state_dir = Path(cfg.runtime.state_dir)
+        log.info("pipeline: ready in %.1f s, %.0f MB resident", time.perf_counter() - t, rss_mb())
+
+    def utterance(self, audio: np.ndarray):
+        """The first utterance in a recording (a WAV file), or None if nobody speaks in it."""
+        self.vad.reset()
+        try:
+            return next(iter(self.vad.utterances(FileSource(audio))), None)
+        finally:
+            self.vad.reset()
+
+    def ask_audio(self, audio: np.ndarray, sink: Sink | None = None, *, sequential: bool = False,
+                  trim: bool = True) -> TurnResult:
+        """One spoken question. `trim`: find the speech in a recording first (files); the kiosk
+        passes VAD utterances, already trimmed."""
+        if trim:
+            u = self.utterance(audio)
+            if u is None:
+                log.info("pipeline: no speech in the audio")
+                return self._log(TurnResult("", "", kind="none", rss_mb=rss_mb()))
+            audio = u.audio
+        t0 = time.perf_counter()
+        tr = self.asr.transcribe(audio)
+        asr_s = time.perf_counter() - t0
+        return self._turn(tr.text, tr.language, t0, sink, sequential, asr_s, tr.confidence)
+
+    def ask_text(self, text: str, sink: Sink | None = None, *, sequential: bool = False,
+                 lang: str | None = None) -> TurnResult:
+        """One typed question (no ASR)."""
+        return self._turn(text, lang, time.perf_counter(), sink, sequential, None, None)
+
+    def _turn(self, text, lang, t0, sink, sequential, asr_s, confidence) -> TurnResult:
+        sink = sink if sink is not None else Collector()
+        reply = self.dialogue.ask(text, lang)
+        d: DialogueResult = reply.result
+        timings = Timings(asr_s=asr_s)
+        marks: dict[str, float] = {}
+
+        def mark(name: str, items: Iterable) -> Iterator:
+            for item in items:
+                marks.setdefault(name, time.perf_counter())
+                yield item
+
+        sentences = mark("sentence", reply)
+        if sequential:
+            text_all = " ".join(sentences)
+            audio = list(self.tts.synthesize(text_all, d.lang)) if text_all else []
+            if audio:
+                sink.play_stream(mark("audio", audio))
+        else:
+            self._stream(sentences, d.lang, sink, mark)
+        end = time.perf_counter()
+
+        since = lambda t: None if t is None else t - t0  # noqa: E731
+        timings.first_token_s = since(d.first_token_t)
+        timings.first_sentence_s = since(marks.get("sentence"))
+        timings.first_audio_s = since(marks.get("audio"))
+        timings.total_s = end - t0
+        stats = d.llm
+        result = TurnResult(
+            transcript=text.strip(), language=d.lang, answer=d.answer, sources=d.sources,
+            kind=d.kind, guard=d.guard, asr_confidence=confidence, timings=timings,
+            llm_tokens=stats.tokens if stats else 0,
+            prefill_s=stats.prefill_s if stats else None,
+            decode_tok_s=stats.tok_s if stats else None,
+            rss_mb=rss_mb(), mode="sequential" if sequential else "streamed",
+            audio=sink.audio if isinstance(sink, Collector) else None,
+            sample_rate=self.tts.sample_rate,
+        )
+        return self._log(result)
+
+    def _stream(self, sentences: Iterator[str], lang: str, sink: Sink, mark) -> None:
+        cancel = threading.Event()
+        texts: queue.Queue = queue.Queue()
+        audio: queue.Queue = queue.Queue()
+
+        def synthesize() -> Iterator[np.ndarray]:
+            for s in _drain(texts):
+                yield from self.tts.synthesize(s, lang)
+
+        threads = [threading.Thread(target=_produce, args=(sentences, texts, cancel), daemon=True,
+                                    name="answer"),
+                   threading.Thread(target=_produce, args=(synthesize(), audio, cancel),
+                                    daemon=True, name="tts")]
+        for t in threads:
+            t.start()
+        try:
+            sink.play_stream(mark("audio", _drain(audio)))
+        finally:
+            cancel.set()           # playback stopped early (barge-in): stop generating too
+            for t in threads:
+                t.join()
+
+    def _log(self, result: TurnResult) -> TurnResult:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.state_dir / TURN_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        except OSError as e:
+            log.warning("pipeline: cannot write %s: %s", self.state_dir / TURN_LOG, e)
+        log.info("turn: %s", json.dumps(result.to_dict(), ensure_ascii=False))
+        return result
+
+    def close(self) -> None:
+        self.llm.close()
