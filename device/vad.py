@@ -182,14 +182,20 @@ class VAD:
         return Utterance(np.concatenate(keep), start * WINDOW_S, (start + len(keep)) * WINDOW_S)
 
     def _cut(self) -> Utterance:
-        """Cut a too-long utterance at its last pause in the final third, else at the limit."""
+        """Cut a too-long utterance in its last pause in the final third, else at the limit.
+
+        The cut goes in the middle of the pause: silero's probability lags the audio by a
+        window or two at both ends, so the end of the low run is already the next word."""
         low = self.cfg.threshold - _HYSTERESIS
-        at, run = len(self._windows), 0
+        at, end = len(self._windows), None
         for k in range(len(self._probs) - 1, len(self._probs) * 2 // 3, -1):
-            run = run + 1 if self._probs[k] < low else 0
-            if run >= _PAUSE_WINDOWS:
-                at = k + run                          # after the pause
+            if self._probs[k] < low:
+                end = k if end is None else end
+                continue
+            if end is not None and end - k >= _PAUSE_WINDOWS:
+                at = (k + 1 + end + 1) // 2
                 break
+            end = None
         rest_windows, rest_probs = self._windows[at:], self._probs[at:]
         start = self._start + at
         u = Utterance(np.concatenate(self._windows[:at]), self._start * WINDOW_S,
