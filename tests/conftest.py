@@ -46,3 +46,18 @@ def question_ko() -> np.ndarray:
     from device.audio import read_wav
 
     return read_wav(QUESTION_KO)
+
+
+@pytest.fixture(scope="session")
+def pipeline(models_dir, tmp_path_factory):
+    """The whole device pipeline on the fast models (whisper tiny.en, Gemma-3 270M), loaded once."""
+    from device.pipeline import Pipeline
+
+    c = Config(models_dir=str(models_dir))
+    c.asr.model = "whisper-tiny.en"
+    c.llm.n_threads = 1          # six test runs share two cores; spinning threads thrash
+    c.llm.max_tokens = 64
+    c.runtime.state_dir = str(tmp_path_factory.mktemp("state"))
+    p = Pipeline(c)
+    yield p
+    p.close()
