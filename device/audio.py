@@ -33,35 +33,72 @@ class AudioError(UserError):
     """Audio that cannot be read, or a sound device that is not there."""
 
 
-def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+class Resampler:
     """Band-limited polyphase resampling (Kaiser-windowed sinc), numpy only.
 
     The rational factor dst/src is reduced by the gcd and only the filter taps that meet a
     real input sample are evaluated, so 44.1 -> 16 kHz costs ~90 multiply-adds per output.
+    `__call__` converts a whole clip; `feed` converts a live stream block by block with the
+    same result, keeping the filter's history between blocks (a microphone at 48 kHz).
     """
-    audio = np.asarray(audio, dtype=np.float32)
-    if src_rate == dst_rate or audio.size == 0:
-        return audio
-    g = gcd(src_rate, dst_rate)
-    up, down = dst_rate // g, src_rate // g
-    factor = max(up, down)
-    half = _ZERO_CROSSINGS * factor
-    m = np.arange(-half, half + 1, dtype=np.float64)
-    cutoff = 0.5 / factor                       # cycles per sample at the upsampled rate
-    taps = 2 * cutoff * np.sinc(2 * cutoff * m) * np.kaiser(m.size, _KAISER_BETA) * up
-    per_phase = -(-taps.size // up)
-    taps = np.pad(taps, (0, per_phase * up - taps.size))
-    bank = taps.reshape(per_phase, up).T.astype(np.float32)   # bank[phase, j] = taps[phase + j*up]
 
-    n_out = -(-audio.size * up // down)
-    padded = np.pad(audio, (per_phase, per_phase))
-    out = np.empty(n_out, dtype=np.float32)
-    j = np.arange(per_phase)
-    for start in range(0, n_out, _BLOCK):
-        t = np.arange(start, min(start + _BLOCK, n_out), dtype=np.int64) * down + half
-        idx = (t // up)[:, None] - j[None, :] + per_phase
-        out[start:start + t.size] = np.einsum("ij,ij->i", bank[t % up], padded[idx])
-    return out
+    def __init__(self, src_rate: int, dst_rate: int):
+        g = gcd(src_rate, dst_rate)
+        self.up, self.down = dst_rate // g, src_rate // g
+        factor = max(self.up, self.down)
+        self.half = _ZERO_CROSSINGS * factor
+        m = np.arange(-self.half, self.half + 1, dtype=np.float64)
+        cutoff = 0.5 / factor                   # cycles per sample at the upsampled rate
+        taps = 2 * cutoff * np.sinc(2 * cutoff * m) * np.kaiser(m.size, _KAISER_BETA) * self.up
+        self.per_phase = -(-taps.size // self.up)
+        taps = np.pad(taps, (0, self.per_phase * self.up - taps.size))
+        # bank[phase, j] = taps[phase + j * up]
+        self.bank = taps.reshape(self.per_phase, self.up).T.astype(np.float32)
+        self._history = np.zeros(self.per_phase, np.float32)   # input before the stream began
+        self._seen = 0                                          # input samples fed so far
+        self._made = 0                                          # output samples produced
+
+    def _outputs(self, x: np.ndarray, first_input: int, start: int, stop: int) -> np.ndarray:
+        """Outputs start..stop-1 from x, where x[per_phase] is input sample `first_input`."""
+        out = np.empty(max(0, stop - start), np.float32)
+        j = np.arange(self.per_phase)
+        for s in range(start, stop, _BLOCK):
+            t = np.arange(s, min(s + _BLOCK, stop), dtype=np.int64) * self.down + self.half
+            idx = (t // self.up)[:, None] - j[None, :] + self.per_phase - first_input
+            out[s - start:s - start + t.size] = np.einsum("ij,ij->i", self.bank[t % self.up], x[idx])
+        return out
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio, dtype=np.float32)
+        if self.up == self.down or audio.size == 0:
+            return audio
+        n_out = -(-audio.size * self.up // self.down)
+        padded = np.pad(audio, (self.per_phase, self.per_phase))
+        return self._outputs(padded, 0, 0, n_out)
+
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        """The outputs whose input is complete once `block` is added (the filter looks
+        ahead by half its length, so output trails input by a few milliseconds)."""
+        block = np.asarray(block, dtype=np.float32).ravel()
+        if self.up == self.down:
+            return block
+        x = np.concatenate([self._history, block])
+        self._seen += block.size
+        first = self._seen - x.size + self.per_phase         # the input sample at x[per_phase]
+        # output n reads inputs up to (n*down + half) // up, which must already be here
+        stop = max(self._made, (self._seen * self.up - self.half - 1) // self.down + 1)
+        out = self._outputs(x, first, self._made, stop)
+        self._made = stop
+        oldest = (stop * self.down + self.half) // self.up - self.per_phase + 1
+        self._history = x[-min(x.size, self._seen - oldest):]
+        return out
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """A whole clip from src_rate to dst_rate (see Resampler)."""
+    if src_rate == dst_rate:
+        return np.asarray(audio, dtype=np.float32)
+    return Resampler(src_rate, dst_rate)(audio)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -157,23 +194,38 @@ def _device(sd, wanted: str | None, kind: str) -> str | int | None:
     return wanted
 
 
-class Microphone:
-    """16 kHz mono microphone yielding CHUNK-sample float32 chunks.
+def _open(stream_type, what: str, keys: str, **kwargs):
+    """Open and start a PortAudio stream; a refusal (rate, busy device) becomes a clear error."""
+    sd = _sounddevice()
+    try:
+        stream = stream_type(**kwargs)
+        stream.start()
+    except sd.PortAudioError as e:
+        raise AudioError(f"cannot open the {what} at {kwargs['samplerate']} Hz ({e}); check "
+                         f"{keys} in the config (`python -m sounddevice` lists devices)") from None
+    return stream
 
-    PortAudio's callback thread only enqueues; iteration happens in the caller's thread, so a
-    slow consumer never makes the driver drop audio (the queue grows instead). `flush()` drops
-    what was heard while the kiosk was speaking (half-duplex).
+
+class Microphone:
+    """Microphone yielding CHUNK-sample float32 chunks at 16 kHz (what the VAD expects).
+
+    The card is opened at audio.sample_rate (USB microphones often offer only 44.1/48 kHz)
+    and resampled on the fly. PortAudio's callback thread only enqueues; resampling and
+    iteration happen in the caller's thread, so a slow consumer never makes the driver drop
+    audio. `flush()` drops what was heard while the kiosk was speaking (half-duplex).
     """
 
     def __init__(self, cfg: AudioConfig | None = None, chunk: int = CHUNK):
         cfg = cfg or AudioConfig()
         sd = _sounddevice()
         device = _device(sd, cfg.input_device, "input")
-        self.sample_rate, self.chunk = cfg.sample_rate, chunk
+        self.sample_rate, self.chunk = SAMPLE_RATE, chunk
+        self._resampler = Resampler(cfg.sample_rate, SAMPLE_RATE)
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
-        self._stream = sd.InputStream(samplerate=self.sample_rate, blocksize=chunk, channels=1,
-                                      dtype="float32", device=device, callback=self._callback)
-        self._stream.start()
+        self._stream = _open(sd.InputStream, "microphone", "audio.input_device / audio.sample_rate",
+                             samplerate=cfg.sample_rate, channels=1, dtype="float32",
+                             blocksize=chunk * cfg.sample_rate // SAMPLE_RATE, device=device,
+                             callback=self._callback)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         if status:
@@ -189,11 +241,16 @@ class Microphone:
                 return
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        buf = np.zeros(0, np.float32)
         while self._stream.active:
             try:
-                yield self._queue.get(timeout=0.5)
+                block = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            buf = np.concatenate([buf, self._resampler.feed(block)])
+            while buf.size >= self.chunk:
+                yield buf[:self.chunk]
+                buf = buf[self.chunk:]
 
     def close(self) -> None:
         self._stream.stop()
@@ -219,9 +276,8 @@ class Speaker:
         self.sample_rate = sample_rate
         self._stop = threading.Event()
         self._playing = threading.Event()
-        self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32",
-                                       device=device)
-        self._stream.start()
+        self._stream = _open(sd.OutputStream, "speaker", "audio.output_device",
+                             samplerate=sample_rate, channels=1, dtype="float32", device=device)
 
     @property
     def playing(self) -> bool:

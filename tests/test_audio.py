@@ -105,12 +105,16 @@ class FakeSoundDevice:
 
     def __init__(self):
         self.written: list[np.ndarray] = []
+        self.block = lambda i, n: np.full(n, i, np.float32)     # what the microphone hears
+        self.refuse = False
 
     def query_devices(self, device=None, kind=None):
         return {"name": f"fake {kind}"}
 
     def InputStream(self, samplerate, blocksize, channels, dtype, device, callback):
         sd = self
+        if self.refuse:
+            raise self.PortAudioError("Invalid sample rate")
 
         class Stream:
             active = False
@@ -123,7 +127,7 @@ class FakeSoundDevice:
                 for i in itertools.count():
                     if not self.active:
                         return
-                    callback(np.full((blocksize, channels), i, np.float32), blocksize, None, None)
+                    callback(sd.block(i, blocksize).reshape(-1, 1), blocksize, None, None)
                     time.sleep(0.001)
 
             def stop(self):
@@ -187,3 +191,19 @@ def test_speaker_is_playing_only_while_it_plays_and_stops_early(fake_sd):
     fake_sd.written.clear()
     spk.play_stream(iter([np.ones(1000, np.float32), np.zeros(500, np.float32)]))
     assert sum(map(len, fake_sd.written)) == 1500 and not spk.playing
+
+
+def test_microphone_at_48k_is_resampled_to_16k_vad_chunks(fake_sd):
+    fake_sd.block = lambda i, n: tone(1000, 48000, 1.0)[(i * n) % 48000:][:n]   # 1536-sample blocks
+    with Microphone(AudioConfig(sample_rate=48000)) as mic:
+        got = list(itertools.islice(mic, 40))
+    assert all(c.shape == (CHUNK,) for c in got)
+    x = np.concatenate(got)[1000:]
+    assert dominant_hz(x, 16000) == pytest.approx(1000, abs=20)
+    assert np.abs(x).max() == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_refused_stream_is_a_clear_error(fake_sd):
+    fake_sd.refuse = True
+    with pytest.raises(AudioError, match="cannot open the microphone at 8000 Hz.*audio.sample_rate"):
+        Microphone(AudioConfig(sample_rate=8000))
