@@ -29,6 +29,13 @@ def topic(word: str) -> str:
     return word + ("은" if has_batchim(word) else "는")
 
 
+def ro(word: str) -> str:
+    """The particle 으로/로 for `word` (로 after a vowel or ㄹ)."""
+    last = word.strip()[-1:]
+    rieul = last and 0 <= ord(last) - 0xAC00 < 11172 and (ord(last) - 0xAC00) % 28 == 8
+    return "으로" if has_batchim(word) and not rieul else "로"
+
+
 def _article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
@@ -53,7 +60,7 @@ def entry_answer(kb: KnowledgeBase, id: str, lang: str) -> str:
     elif isinstance(e, Place) and e.off_campus:
         gate, cat = kb.name(e.gate, lang), kb.category(e, lang)
         if ko:
-            s = (f"{topic(name)} {gate}에서 {e.metres:g}m 떨어진 {cat}{'으로' if has_batchim(cat) else '로'}, "
+            s = (f"{topic(name)} {gate}에서 {e.metres:g}m 떨어진 {cat}{ro(cat)}, "
                  f"걸어서 약 {e.minutes:g}분 걸립니다. {e.directions.ko} 가세요.")
         else:
             s = (f"{name} is {_article(cat)} {e.metres:g} m from the {gate}, about {e.minutes:g} "

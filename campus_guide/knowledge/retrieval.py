@@ -4,6 +4,7 @@ Three signals, each with a reason a person can check (`Hit.why`):
   alias      a name, alias or building number appears in the question ("도서관", "Eng Bldg 1")
   fuzzy      a name nearly appears: edit distance on letters, and on jamo for Hangul, so that
              ASR slips like "enginering" or "도서간" (관->간 is one jamo) still match
+  facility   something a building has is named ("showers" -> the gymnasium); lower than a name
   embedding  multilingual-e5-small similarity of the question to the entry's description, for
              paraphrases ("where can I swim?") and cross-lingual questions
 An entry's score is its strongest signal. Below the configured `dialogue.min_score` the kiosk
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 FUZZY_FLOOR = 0.75
 SHORT_FORM = 5          # letters / jamo: below this only exact matches count
 FUZZY_WEIGHT = 0.97     # a near match ranks just below the same name spelt right
+FACILITY_SCORE = 0.9    # "where are the showers?" -> the one building that has them
+FACILITY_SHARED_SCORE = 0.6
 # Cosine similarities of e5-small are compressed into ~0.7..0.95; these map them onto 0..1.
 # Measured on the sample campus (docs/knowledge.md): unrelated questions reach ~0.80,
 # paraphrases of the right entry 0.86+.
@@ -53,7 +56,7 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 class Hit:
     id: str
     score: float
-    why: str              # "alias" | "fuzzy" | "embedding"
+    why: str              # "alias" | "fuzzy" | "facility" | "embedding"
     matched: str = ""     # the name that matched, for `kb ask`
 
 
@@ -136,16 +139,22 @@ def jamo(text: str) -> str:
 
 
 def substring_distance(pattern: str, text: str) -> tuple[int, int, int]:
-    """Fewest edits turning `pattern` into some substring text[start:end] (free start and end):
-    (edits, start, end)."""
-    prev, prev_start = [0] * (len(text) + 1), list(range(len(text) + 1))
+    """Fewest edits (insert, delete, substitute, swap two neighbours) turning `pattern` into
+    some substring text[start:end]: (edits, start, end)."""
+    n = len(text)
+    prev2: list[int] = []
+    prev, prev_start = [0] * (n + 1), list(range(n + 1))
     for i, pc in enumerate(pattern, 1):
-        cur, cur_start = [i] + [0] * len(text), [0] + [0] * len(text)
+        cur, cur_start = [i] + [0] * n, [prev_start[0]] + [0] * n
         for j, tc in enumerate(text, 1):
-            cur[j], cur_start[j] = min((prev[j - 1] + (pc != tc), prev_start[j - 1]),
-                                       (prev[j] + 1, prev_start[j]), (cur[j - 1] + 1, cur_start[j - 1]))
+            best = min((prev[j - 1] + (pc != tc), prev_start[j - 1]), (prev[j] + 1, prev_start[j]),
+                       (cur[j - 1] + 1, cur_start[j - 1]))
+            if i > 1 and j > 1 and pc == text[j - 2] and pattern[i - 2] == tc:
+                best = min(best, (prev2[j - 2] + 1, prev2_start[j - 2]))
+            cur[j], cur_start[j] = best
+        prev2, prev2_start = prev, prev_start
         prev, prev_start = cur, cur_start
-    end = min(range(len(text) + 1), key=lambda j: (prev[j], -j))
+    end = min(range(n + 1), key=lambda j: (prev[j], -j))
     return prev[end], prev_start[end], end
 
 
@@ -160,11 +169,14 @@ def _units(compact: str) -> tuple[str, list[int]]:
 
 
 def _max_edits(f: "_Form") -> int:
-    """ASR slips are one or two letters; more than that is another word (학군단 vs 학관가)."""
-    return (1 if len(f.key) < 4 else 2) if f.hangul else max(1, len(f.units) // 6)
+    """ASR slips are one or two letters; more than that is another word (학군단 vs 학관가).
+    Two-syllable Korean names get no fuzzy match at all: one jamo turns 온기 into 인기."""
+    if f.hangul:
+        return 0 if len(f.key) < 3 else 1 if len(f.key) < 4 else 2
+    return max(1, len(f.units) // 6)
 
 
-def _ngrams(s: str, n: int = 3) -> set[str]:
+def _ngrams(s: str, n: int = 2) -> set[str]:
     return {s[i:i + n] for i in range(max(1, len(s) - n + 1))}
 
 
@@ -173,6 +185,8 @@ def _ngrams(s: str, n: int = 3) -> set[str]:
 @dataclass(frozen=True)
 class _Form:
     entry: str
+    why: str              # "alias" for names, "facility" for what a building has
+    weight: float         # score of an exact match
     text: str             # as written, for display
     key: str              # compared form: Hangul without spaces, Latin with single spaces
     hangul: bool
@@ -181,22 +195,31 @@ class _Form:
 
 
 def _forms(kb: KnowledgeBase) -> list[_Form]:
-    out = []
+    """Every name, alias and building number (score 1), and every facility (lower: a facility
+    names what is inside a building, and several buildings may share one)."""
+    named: list[tuple[str, str, float, str]] = []
+    owners: dict[str, set[str]] = {}
     for e in kb.entries():
         texts = [e.name.ko, e.name.en, *e.aliases]
         if isinstance(e, Building):
             n = e.number
             texts += [f"building {n}", f"bldg {n}", f"{n}동", f"{n}번 건물", f"{n}호관"]
-        seen = set()
-        for t in texts:
-            norm = normalize(t)
-            hangul = bool(_HANGUL.search(norm))
-            key = norm.replace(" ", "") if hangul else norm
-            if not key or key in seen:
-                continue
-            seen.add(key)
-            units = jamo(key) if hangul else key
-            out.append(_Form(e.id, t, key, hangul, units, frozenset(_ngrams(units))))
+            for f in (*e.facilities["ko"], *e.facilities["en"]):
+                owners.setdefault(normalize(f), set()).add(e.id)
+                named.append((e.id, "facility", 0.0, f))
+        named += [(e.id, "alias", 1.0, t) for t in texts]
+    out, seen = [], set()
+    for entry, why, weight, t in named:
+        norm = normalize(t)
+        if why == "facility":
+            weight = FACILITY_SCORE if len(owners[norm]) == 1 else FACILITY_SHARED_SCORE
+        hangul = bool(_HANGUL.search(norm))
+        key = norm.replace(" ", "") if hangul else norm
+        if not key or (entry, key) in seen:
+            continue
+        seen.add((entry, key))
+        units = jamo(key) if hangul else key
+        out.append(_Form(entry, why, weight, t, key, hangul, units, frozenset(_ngrams(units))))
     return out
 
 
@@ -279,7 +302,7 @@ class Retriever:
 
     def retrieve(self, question: str, k: int = 3) -> Retrieval:
         lang = language_of(question)
-        names = self._name_matches(question)
+        names = self.name_matches(question)
         best: dict[str, _Match] = {}
         for m in names:
             if m.id not in best or m.score > best[m.id].score:
@@ -298,7 +321,7 @@ class Retriever:
         hits = [Hit(m.id, round(m.score, 4), m.why, m.matched) for m in ranked[:k] if m.score > 0]
         return Retrieval(question, lang, hits, route, self.kb)
 
-    def _name_matches(self, question: str) -> list[_Match]:
+    def name_matches(self, question: str) -> list[_Match]:
         """Exact and fuzzy name matches with their spans in the question without spaces; a match
         inside a longer one is dropped ("공학관" inside "제2공학관", "building 1" inside a
         misspelt "enginering building 1"), so the most specific name wins."""
@@ -313,21 +336,24 @@ class Retriever:
             if f.hangul:
                 pos = compact.find(f.key)
                 if pos >= 0:
-                    found.append(_Match(f.entry, 1.0, "alias", f.text, pos, pos + len(f.key)))
+                    found.append(_Match(f.entry, f.weight, f.why, f.text, pos, pos + len(f.key)))
                     continue
             else:
                 pos = latin_q.find(f" {f.key} ")
                 if pos >= 0:
-                    found.append(_Match(f.entry, 1.0, "alias", f.text,
+                    found.append(_Match(f.entry, f.weight, f.why, f.text,
                                         latin_pos[pos], latin_pos[pos + len(f.key)]))
                     continue
             if len(f.units) < SHORT_FORM or len(f.grams & grams_q) < max(1, len(f.grams) // 3):
                 continue
             edits, a, b = substring_distance(f.units, units_q if f.hangul else norm)
             sim = 1 - edits / len(f.units)
-            if sim >= FUZZY_FLOOR and edits <= _max_edits(f):
+            # an English slip keeps the start of the word: "ower" inside "showers" is not "tower"
+            word_start = f.hangul or a == 0 or norm[a - 1] == " "
+            if sim >= FUZZY_FLOOR and edits <= _max_edits(f) and word_start:
                 start, end = (unit_pos[a], unit_pos[b]) if f.hangul else (latin_pos[a], latin_pos[b])
-                found.append(_Match(f.entry, sim * FUZZY_WEIGHT, "fuzzy", f.text, start, end))
+                why = "fuzzy" if f.why == "alias" else f.why
+                found.append(_Match(f.entry, sim * FUZZY_WEIGHT * f.weight, why, f.text, start, end))
         found.sort(key=lambda m: (-(m.end - m.start), -m.score))
         kept: list[_Match] = []
         for m in found:
