@@ -1,0 +1,424 @@
+"""Put a model bundle on one or more boards over OpenSSH, safely.
+
+Board layout (ROOT = /var/lib/campus-guide):
+    ROOT/staging/<bundle>/      uploads land here (resumable: a broken transfer continues)
+    ROOT/bundles/<bundle>/      {model.gguf, manifest.json}; the last N are kept
+    ROOT/current -> bundles/<bundle>   what the kiosk loads (llm.model: ROOT/current/model.gguf)
+    ROOT/history                activated bundles, oldest first (what --rollback goes back along)
+
+Per host: upload to staging -> sha256 on the board -> the board's own memory budget check and a
+smoke test (load the staged model with the board's device package and answer one question) ->
+atomic switch of `current` (ln -s + mv -T) -> restart the kiosk -> wait for its health check.
+Any failure leaves or puts the board back on its previous model. Only the system `ssh` client is
+used (no scp/rsync needed on either side), so whatever ~/.ssh/config says applies.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from export import ExportError
+from export.bundle import MANIFEST_FILE, Manifest, verify_bundle
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+# Written on the board with the board's own config loader: its config, with llm.model -> MODEL.
+_SMOKE_CONFIG = ("import sys; from campus_guide.config import load_config, dump_config; "
+                 "c = load_config(sys.argv[1]); c.llm.model = sys.argv[2]; "
+                 "open(sys.argv[3], 'w', encoding='utf-8').write(dump_config(c))")
+
+
+@dataclass
+class FlashOptions:
+    """Where things are on the board and how to drive it. Commands are templates: {venv},
+    {config}, {smoke_config}, {model}, {bundle}, {root} and {question} are filled in (quoted)."""
+    root: str = "/var/lib/campus-guide"
+    venv: str = "/opt/campus-guide/venv"
+    config: str = "/etc/campus-guide/config.yaml"
+    port: int | None = None
+    identity: str | None = None
+    ssh_options: list[str] = field(default_factory=list)     # extra `-o Key=Value`
+    keep: int = 3
+    question: str = "Where is the library?"
+    budget_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} budget"
+    smoke_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} ask --text {question} --json"
+    restart_cmd: str = "sudo systemctl restart campus-guide"
+    health_cmd: str = "{venv}/bin/campus-guide --config {config} status --json"
+    health_timeout_s: float = 120.0
+    health_interval_s: float = 2.0
+    command_timeout_s: float = 900.0
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool
+    action: str                     # flashed / already current / rolled back / failed ...
+    step: str = ""                  # the step that failed
+    message: str = ""
+    previous: str = ""
+    current: str = ""
+    resumed_from: int = 0           # bytes already on the board when the upload started
+    seconds: float = 0.0
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step}: {message}")
+        self.step, self.message = step, message
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    """Let ssh deliver what it has, then make sure it is gone."""
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+class Board:
+    """One host reached with the system ssh client; every call is one short command."""
+
+    def __init__(self, host: str, opts: FlashOptions):
+        self.host, self.opts = host, opts
+        r = opts.root.rstrip("/")
+        self.root, self.bundles, self.staging = r, f"{r}/bundles", f"{r}/staging"
+        # One SSH connection for all the short commands (a handshake costs ~0.5 s each).
+        self._mux = tempfile.mkdtemp(prefix="cg-flash-")
+
+    def close(self) -> None:
+        subprocess.run(self.argv("-O", "exit"), capture_output=True, timeout=30)
+        shutil.rmtree(self._mux, ignore_errors=True)
+
+    def argv(self, *command: str) -> list[str]:
+        a = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+             "-o", "ControlMaster=auto", "-o", f"ControlPath={self._mux}/%C", "-o", "ControlPersist=120"]
+        if self.opts.port:
+            a += ["-p", str(self.opts.port)]
+        if self.opts.identity:
+            a += ["-i", self.opts.identity]
+        for o in self.opts.ssh_options:
+            a += ["-o", o]
+        if command[:1] == ("-O",):                      # a control command to the mux master
+            return a + [*command, self.host]
+        return a + [self.host, *command]
+
+    def run(self, step: str, command: str, data: bytes | None = None, check: bool = True,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        log.debug("%s: %s", self.host, command)
+        try:
+            r = subprocess.run(self.argv(command), input=data, capture_output=True,
+                               timeout=timeout or self.opts.command_timeout_s)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(step, f"`{command}` did not finish in {timeout or self.opts.command_timeout_s:.0f} s") from None
+        r.stdout, r.stderr = r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+        if r.returncode == 255:
+            raise StepFailed(step, f"ssh to {self.host} failed: {_tail(r.stderr, 2)} "
+                                   f"(check --host, --port, --identity and that sshd runs on the board)")
+        if check and r.returncode != 0:
+            raise StepFailed(step, f"`{command}` exited {r.returncode}: {_tail(r.stderr + r.stdout)}")
+        return r
+
+    def fill(self, template: str, **values: str) -> str:
+        v = dict(venv=self.opts.venv, config=self.opts.config, root=self.root, question=self.opts.question)
+        v.update(values)
+        return template.format(**{k: shlex.quote(str(x)) for k, x in v.items()})
+
+    def current(self) -> str:
+        out = self.run("connect", f"readlink {shlex.quote(self.root + '/current')} || true").stdout.strip()
+        return out.rsplit("/", 1)[-1]
+
+    def history(self) -> list[str]:
+        out = self.run("history", f"cat {shlex.quote(self.root + '/history')} 2>/dev/null || true").stdout
+        return [ln for ln in out.split() if ln]
+
+    def write_history(self, names: list[str]) -> None:
+        h = shlex.quote(self.root + "/history")
+        self.run("history", f"cat > {h}.tmp && mv {h}.tmp {h}", data="".join(f"{n}\n" for n in names).encode())
+
+    def sha256(self, step: str, path: str) -> str:
+        r = self.run(step, f"sha256sum {shlex.quote(path)} 2>/dev/null || true")
+        return r.stdout.split()[0] if r.stdout.strip() else ""
+
+    def switch(self, name: str) -> None:
+        """Point `current` at bundles/NAME atomically: a reader sees the old or the new, never none."""
+        cur, tmp = shlex.quote(self.root + "/current"), shlex.quote(f"{self.root}/current.tmp")
+        self.run("switch", f"ln -sfn {shlex.quote('bundles/' + name)} {tmp} && mv -T {tmp} {cur}")
+
+    def healthy(self) -> tuple[bool, str]:
+        """Poll the health command until it reports healthy or the time is up."""
+        deadline = time.monotonic() + self.opts.health_timeout_s
+        last = ""
+        while True:
+            r = self.run("health", self.fill(self.opts.health_cmd), check=False)
+            if r.returncode == 0:
+                try:
+                    d = json.loads(r.stdout)
+                    if isinstance(d, dict) and all(d.get(k, True) is not False for k in ("ok", "healthy", "ready")):
+                        return True, ""
+                    last = f"reports {_tail(r.stdout, 2)}"
+                except ValueError:
+                    last = f"printed no JSON: {_tail(r.stdout, 2)}"
+            else:
+                last = f"exited {r.returncode}: {_tail(r.stderr + r.stdout, 2)}"
+            if time.monotonic() >= deadline:
+                return False, last
+            time.sleep(self.opts.health_interval_s)
+
+
+class Flasher:
+    """Flash one bundle to one board, rolling back on any failure."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, host: str, opts: FlashOptions, position: int = 0):
+        self.dir, self.m, self.opts = bundle_dir, manifest, opts
+        self.board = Board(host, opts)
+        self.position = position
+        self.bar = None
+
+    def _step(self, name: str) -> None:
+        self.bar.set_description(f"{self.board.host}: {name}")
+
+    def run(self) -> HostResult:
+        from tqdm import tqdm
+
+        t0 = time.monotonic()
+        res = HostResult(self.board.host, ok=False, action="failed")
+        self.bar = tqdm(total=self.m.size, unit="B", unit_scale=True, position=self.position,
+                        desc=self.board.host, leave=True)
+        try:
+            self._flash(res)
+            res.ok = True
+        except StepFailed as e:
+            res.step, res.message = e.step, e.message
+        finally:
+            self.bar.close()
+            self.board.close()
+            res.seconds = time.monotonic() - t0
+        return res
+
+    def _flash(self, res: HostResult) -> None:
+        b, m = self.board, self.m
+        self._step("connect")
+        b.run("connect", f"mkdir -p {shlex.quote(b.bundles)} {shlex.quote(b.staging)}")
+        res.previous = res.current = b.current()
+        final, staged = f"{b.bundles}/{m.name}", f"{b.staging}/{m.name}"
+        if b.sha256("verify", f"{final}/{m.model_file}") == m.sha256:
+            if res.previous == m.name:
+                self.bar.update(m.size)
+                res.action = "already current"
+                return
+            where = final                       # on the board already (an older flash): no upload
+            self.bar.update(m.size)
+        else:
+            res.resumed_from = self._upload(staged)
+            where = staged
+        self._verify(where)
+        try:
+            self._check(where)
+        except StepFailed:
+            if where == staged:                 # a model that cannot run is not worth resuming
+                b.run("cleanup", f"rm -rf {shlex.quote(staged)}", check=False)
+            raise
+        self._step("switch")
+        if where == staged:
+            b.run("switch", f"rm -rf {shlex.quote(final)} && mv {shlex.quote(staged)} {shlex.quote(final)}")
+        b.run("switch", f"touch {shlex.quote(final)}")
+        b.switch(m.name)
+        res.current = m.name
+        try:
+            self._step("restart")
+            b.run("restart", b.fill(self.opts.restart_cmd))
+            self._step("health")
+            ok, why = b.healthy()
+            if not ok:
+                raise StepFailed("health", f"the kiosk is not healthy after {self.opts.health_timeout_s:.0f} s: {why}")
+        except StepFailed as e:
+            res.current = self._roll_back(res.previous, failed=m.name)
+            res.action = "rolled back" if res.current else "failed, no previous model"
+            raise StepFailed(e.step, e.message + f"; board back on {res.current or 'no model'}") from None
+        b.write_history(b.history() + [m.name])
+        self._step("prune")
+        self._prune()
+        res.action = "flashed"
+        self._step("done")
+
+    def _upload(self, staged: str) -> int:
+        """Append what the board lacks to staging/model.gguf (a broken transfer resumes), then the
+        manifest. Returns the byte offset the upload resumed from."""
+        b, m = self.board, self.m
+        self._step("upload")
+        target = f"{staged}/{m.model_file}"
+        r = b.run("upload", f"mkdir -p {shlex.quote(staged)} && (stat -c %s {shlex.quote(target)} 2>/dev/null || echo 0)")
+        have = int(r.stdout.strip() or 0)
+        if have > m.size:
+            b.run("upload", f"rm -f {shlex.quote(target)}")
+            have = 0
+        self.bar.update(have)
+        if have < m.size:
+            proc = subprocess.Popen(b.argv(f"cat >> {shlex.quote(target)}"), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            sent = 0
+            try:
+                with open(self.dir / m.model_file, "rb") as f:
+                    f.seek(have)
+                    for chunk in _chunks(f):
+                        proc.stdin.write(chunk)
+                        sent += len(chunk)
+                        self.bar.update(len(chunk))
+                proc.stdin.close()
+                err = proc.stderr.read().decode("utf-8", "replace")
+                rc = proc.wait(timeout=self.opts.command_timeout_s)
+            except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+                _finish(proc)                   # keep what arrived: the next flash resumes there
+                raise StepFailed("upload", f"transfer interrupted after {have + sent} of {m.size} bytes ({e}); "
+                                           f"the board still runs its previous model; flash again to resume") from None
+            if rc != 0:
+                raise StepFailed("upload", f"transfer failed (ssh exit {rc}: {_tail(err, 2)}) after about "
+                                           f"{have + sent} of {m.size} bytes; flash again to resume")
+        manifest = (self.dir / MANIFEST_FILE).read_bytes()
+        b.run("upload", f"cat > {shlex.quote(staged + '/' + MANIFEST_FILE)}", data=manifest)
+        return have
+
+    def _verify(self, where: str) -> None:
+        self._step("verify")
+        got = self.board.sha256("verify", f"{where}/{self.m.model_file}")
+        if got != self.m.sha256:
+            self.board.run("verify", f"rm -rf {shlex.quote(where)}", check=False)
+            raise StepFailed("verify", f"sha256 on the board is {got[:12] or 'missing'}, expected "
+                                       f"{self.m.sha256[:12]} (corrupted upload, removed); flash again")
+
+    def _check(self, where: str) -> None:
+        """The board's own budget check and one answered question, with the staged model."""
+        b = self.board
+        model, smoke_config = f"{where}/{self.m.model_file}", f"{where}/smoke-config.yaml"
+        self._step("budget")
+        b.run("budget", f"{shlex.quote(self.opts.venv + '/bin/python')} -c {shlex.quote(_SMOKE_CONFIG)} "
+                        + " ".join(map(shlex.quote, (self.opts.config, model, smoke_config))))
+        fill = dict(model=model, bundle=where, smoke_config=smoke_config)
+        r = b.run("budget", b.fill(self.opts.budget_cmd, **fill), check=False)
+        if r.returncode != 0:
+            raise StepFailed("budget", f"the board's memory budget refuses this model: {_tail(r.stdout + r.stderr)}")
+        self._step("smoke test")
+        r = b.run("smoke test", b.fill(self.opts.smoke_cmd, **fill), check=False)
+        try:
+            answer = json.loads(r.stdout.strip().splitlines()[-1]).get("answer") if r.returncode == 0 else None
+        except (ValueError, IndexError, AttributeError):
+            answer = None
+        if not answer:
+            raise StepFailed("smoke test", f"the staged model did not answer {self.opts.question!r} "
+                                           f"(exit {r.returncode}): {_tail(r.stderr + r.stdout)}")
+
+    def _roll_back(self, previous: str, failed: str) -> str:
+        """Back to `previous` (or no model), drop the failed bundle, restart. Returns what is current."""
+        b = self.board
+        self._step("rollback")
+        if previous:
+            b.switch(previous)
+        else:
+            b.run("rollback", f"rm -f {shlex.quote(b.root + '/current')}")
+        b.run("rollback", f"rm -rf {shlex.quote(b.bundles + '/' + failed)}", check=False)
+        b.run("rollback", b.fill(self.opts.restart_cmd), check=False)
+        if previous and not b.healthy()[0]:
+            log.warning("%s: back on %s but the kiosk is still not healthy", b.host, previous)
+        return previous
+
+    def _prune(self) -> None:
+        """Keep the last N activated bundles (always the current one); delete the rest."""
+        b = self.board
+        hist = b.history()
+        keep: list[str] = []
+        for name in reversed(hist):
+            if name not in keep and len(keep) < self.opts.keep:
+                keep.append(name)
+        keep.reverse()
+        present = b.run("prune", f"ls -1 {shlex.quote(b.bundles)}").stdout.split()
+        gone = [n for n in present if n not in keep and n != self.m.name]
+        if gone:
+            b.run("prune", "rm -rf " + " ".join(shlex.quote(f"{b.bundles}/{n}") for n in gone))
+        b.write_history([n for n in hist if n in keep])
+
+
+def rollback_host(host: str, opts: FlashOptions) -> HostResult:
+    """By hand: back to the bundle activated before the current one, restart, health check."""
+    t0 = time.monotonic()
+    b = Board(host, opts)
+    res = HostResult(host, ok=False, action="failed")
+    try:
+        res.previous = cur = b.current()
+        hist = b.history()
+        while hist and hist[-1] == cur:
+            hist.pop()
+        present = set(b.run("rollback", f"ls -1 {shlex.quote(b.bundles)} 2>/dev/null || true").stdout.split())
+        while hist and hist[-1] not in present:
+            hist.pop()
+        if not hist:
+            raise StepFailed("rollback", f"no earlier bundle on the board to go back to (current: {cur or 'none'})")
+        target = hist[-1]
+        b.switch(target)
+        b.write_history(hist)
+        res.current = target
+        b.run("restart", b.fill(opts.restart_cmd))
+        ok, why = b.healthy()
+        if not ok:
+            raise StepFailed("health", f"back on {target} but the kiosk is not healthy: {why}")
+        res.ok, res.action = True, "rolled back"
+    except StepFailed as e:
+        res.step, res.message = e.step, e.message
+    finally:
+        b.close()
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _parallel(hosts: list[str], work) -> list[HostResult]:
+    if len(set(hosts)) != len(hosts):
+        raise ExportError("a --host is given twice; each board once")
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        return list(pool.map(work, hosts, range(len(hosts))))
+
+
+def flash(bundle_dir: str | Path, hosts: list[str], opts: FlashOptions) -> list[HostResult]:
+    """Flash the bundle to every host in parallel; one result per host."""
+    if not hosts:
+        raise ExportError("give at least one --host user@board")
+    bundle_dir = Path(bundle_dir)
+    m = verify_bundle(bundle_dir, progress="checking bundle")   # never upload a broken bundle
+    return _parallel(hosts, lambda h, i: Flasher(bundle_dir, m, h, opts, i).run())
+
+
+def rollback(hosts: list[str], opts: FlashOptions) -> list[HostResult]:
+    if not hosts:
+        raise ExportError("give at least one --host user@board")
+    return _parallel(hosts, lambda h, i: rollback_host(h, opts))
+
+
+def table(results: list[HostResult]) -> str:
+    rows = [["host", "result", "step", "before", "now", "time", "message"]]
+    for r in results:
+        rows.append([r.host, r.action, r.step or "-", r.previous or "-", r.current or "-",
+                     f"{r.seconds:.1f}s", r.message])
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([c.ljust(w[i]) for i, c in enumerate(r[:-1])] + [r[-1]]).rstrip() for r in rows)
+

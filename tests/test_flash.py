@@ -1,0 +1,174 @@
+"""Flashing against a real OpenSSH server on 127.0.0.1 with a temp board root: success switches
+`current`, and a failed smoke test, a corrupted upload, an interrupted transfer or a failed health
+check each leave the board on its previous working model."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from campus_guide.cli import main
+from export import flash as flashmod
+from export.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Manifest
+from export.flash import FlashOptions, flash, rollback, table
+from tests.sshd import start_sshd
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def board(tmp_path):
+    proc, b = start_sshd(tmp_path / "ssh")
+    yield b
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def opts_for(b, **kw) -> FlashOptions:
+    o = FlashOptions(root=str(b.root), venv=str(b.venv), config=str(b.config), port=b.port,
+                     identity=b.identity, ssh_options=b.ssh_options, restart_cmd=b.restart_cmd,
+                     health_timeout_s=1.0, health_interval_s=0.2)
+    for k, v in kw.items():
+        setattr(o, k, v)
+    return o
+
+
+def make_bundle(folder: Path, name: str, size: int = 2 * MB + 123, gguf: bool = True) -> Path:
+    """A bundle whose model is `size` bytes (starting like a GGUF unless told otherwise)."""
+    folder.mkdir(parents=True)
+    data = (b"GGUF" if gguf else b"JUNK") + hashlib.sha256(name.encode()).digest() * (size // 32 + 1)
+    data = data[:size]
+    (folder / MODEL_FILE).write_bytes(data)
+    m = Manifest(SCHEMA_VERSION, name, MODEL_FILE, hashlib.sha256(data).hexdigest(), size, "Q4_K_M",
+                 "gemma3", "test", None, "gemma", ["<end_of_turn>", "<eos>"], [1, 106], 2048, 2048,
+                 size, None, "2026-01-01T00:00:00+00:00")
+    (folder / MANIFEST_FILE).write_text(json.dumps(asdict(m)))
+    return folder
+
+
+def flash_one(bundle, b, **kw):
+    [res] = flash(bundle, [b.host], opts_for(b, **kw))
+    return res
+
+
+def test_flash_switches_current_restarts_and_keeps_last_n(board, tmp_path):
+    for name in ("m-a", "m-b", "m-c"):
+        res = flash_one(make_bundle(tmp_path / name, name), board, keep=2)
+        assert res.ok, res
+        assert (res.action, res.current) == ("flashed", name)
+        assert board.current() == name and board.running() == name
+    assert (board.root / "current").resolve() == board.root / "bundles" / "m-c"
+    assert sorted(os.listdir(board.root / "bundles")) == ["m-b", "m-c"]     # keep=2: m-a pruned
+    assert (board.root / "history").read_text().split() == ["m-b", "m-c"]
+    assert not any((board.root / "staging").iterdir())
+    again = flash_one(tmp_path / "m-c", board)
+    assert again.ok and again.action == "already current"
+
+
+def test_failed_smoke_test_leaves_previous_model(board, tmp_path):
+    assert flash_one(make_bundle(tmp_path / "good", "good"), board).ok
+    res = flash_one(make_bundle(tmp_path / "bad", "bad", gguf=False), board)
+    assert not res.ok and res.step == "smoke test"
+    assert "not a GGUF" in res.message
+    assert board.current() == "good" and board.running() == "good"
+    assert not (board.root / "staging" / "bad").exists() and not (board.root / "bundles" / "bad").exists()
+
+
+def test_budget_refusal_leaves_previous_model(board, tmp_path):
+    assert flash_one(make_bundle(tmp_path / "good", "good"), board).ok
+    board.config.write_text(board.config.read_text().replace("total_gb: 6.5", "total_gb: 0.001"))
+    res = flash_one(make_bundle(tmp_path / "big", "big"), board)
+    assert not res.ok and res.step == "budget" and "over budget" in res.message
+    assert board.current() == "good"
+
+
+def test_corrupted_upload_is_refused_then_reflash_works(board, tmp_path):
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    b = make_bundle(tmp_path / "b", "b")
+    partial = board.root / "staging" / "b" / MODEL_FILE          # a damaged earlier attempt
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * 1000)
+    res = flash_one(b, board)
+    assert not res.ok and res.step == "verify" and res.resumed_from == 1000
+    assert board.current() == "a" and board.running() == "a"
+    assert not partial.parent.exists()                           # removed: the next try starts clean
+    res = flash_one(b, board)
+    assert res.ok and res.resumed_from == 0 and board.current() == "b"
+
+
+def test_interrupted_transfer_keeps_previous_then_resumes(board, tmp_path, monkeypatch):
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    b = make_bundle(tmp_path / "b", "b", size=3 * MB + 7)
+    real_chunks = flashmod._chunks
+
+    def dropped(f):                                              # the link dies after 1 MiB
+        it = real_chunks(f)
+        yield next(it)
+        raise OSError("Connection reset by peer")
+
+    monkeypatch.setattr(flashmod, "_chunks", dropped)
+    res = flash_one(b, board)
+    assert not res.ok and res.step == "upload" and "resume" in res.message
+    assert board.current() == "a" and board.running() == "a"
+    assert (board.root / "staging" / "b" / MODEL_FILE).stat().st_size == MB
+    monkeypatch.setattr(flashmod, "_chunks", real_chunks)
+    res = flash_one(b, board)
+    assert res.ok and res.resumed_from == MB and board.current() == "b"
+    assert (board.root / "bundles" / "b" / MODEL_FILE).read_bytes() == (b / MODEL_FILE).read_bytes()
+
+
+def test_unhealthy_kiosk_rolls_back(board, tmp_path):
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    (board.root / "unhealthy").write_text("b\n")
+    res = flash_one(make_bundle(tmp_path / "b", "b"), board)
+    assert not res.ok and res.step == "health" and res.action == "rolled back"
+    assert board.current() == "a" and board.running() == "a"    # switched back AND restarted
+    assert not (board.root / "bundles" / "b").exists()
+    assert (board.root / "history").read_text().split() == ["a"]
+
+
+def test_rollback_by_hand(board, tmp_path):
+    for name in ("a", "b"):
+        assert flash_one(make_bundle(tmp_path / name, name), board).ok
+    [res] = rollback([board.host], opts_for(board))
+    assert res.ok and (res.previous, res.current) == ("b", "a")
+    assert board.current() == "a" and board.running() == "a"
+    [res] = rollback([board.host], opts_for(board))
+    assert not res.ok and "no earlier bundle" in res.message and board.current() == "a"
+
+
+def test_cli_flashes_hosts_in_parallel_and_fails_if_any_fails(board, tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "a", "a")
+    dead = "root@127.0.0.2"                                      # nothing listens there
+    argv = ["flash", str(bundle), "--host", board.host, "--host", dead, "--port", str(board.port),
+            "--identity", board.identity, "--root", str(board.root), "--venv", str(board.venv),
+            "--board-config", str(board.config), "--restart-cmd", board.restart_cmd,
+            "--health-timeout", "1"]
+    for o in board.ssh_options:
+        argv += ["--ssh-option", o]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert board.current() == "a"
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "flashed" in rows[board.host] and "failed" in rows[dead] and "connect" in rows[dead]
+
+
+def test_broken_local_bundle_is_never_uploaded(board, tmp_path):
+    bundle = make_bundle(tmp_path / "a", "a")
+    with open(bundle / MODEL_FILE, "r+b") as f:
+        f.seek(100)
+        f.write(b"x")
+    from export.bundle import BundleError
+    with pytest.raises(BundleError, match="re-flash or re-export"):
+        flash(bundle, [board.host], opts_for(board))
+    assert not (board.root / "staging").exists()
+
+
+def test_table_lists_each_host():
+    rows = table([flashmod.HostResult("pi@a", True, "flashed", current="x"),
+                  flashmod.HostResult("pi@b", False, "failed", step="verify", message="bad sum")]).splitlines()
+    assert len(rows) == 3 and "bad sum" in rows[2]
