@@ -1,5 +1,138 @@
-"""Subcommands of this area (filled in by its owner)."""
+"""`campus-guide run | status | budget`: the appliance's commands (systemd runs `run`)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from campus_guide.cli import UserError
+from campus_guide.config import PACKAGE_DATA, load_config
+
+UNIT = "campus-guide"
+
+
+def _run(args) -> int:
+    from .service import run_service
+
+    return run_service(load_config(args.config))
+
+
+def _systemd_state() -> str | None:
+    """`systemctl is-active` of the kiosk unit, or None where there is no systemd."""
+    if shutil.which("systemctl") is None:
+        return None
+    try:
+        out = subprocess.run(["systemctl", "is-active", UNIT], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state = out.stdout.strip()
+    # "offline": systemctl exists but no systemd runs (a container): no information.
+    return state if state and state != "offline" and "System has not been booted" not in out.stderr else None
+
+
+def _status(args) -> int:
+    from .service import read_status
+
+    cfg = load_config(args.config)
+    status = read_status(cfg.runtime.state_dir)
+    unit = _systemd_state()
+    alive = bool(status) and Path(f"/proc/{status['pid']}").exists()
+    up = unit == "active" if unit is not None else alive
+    # Ready: serving visitors. With systemd, "active" already means READY=1 from the current
+    # process; the file's state guards against a stale one from before a restart.
+    ready = up and bool(status) and status.get("state") == "ready"
+    if args.json:
+        print(json.dumps({"ready": ready, "up": up, "systemd": unit, "status": status},
+                         indent=2, ensure_ascii=False))
+        return 0 if ready else 3
+    print(f"kiosk:      {'READY' if ready else 'UP, not ready' if up else 'DOWN'}"
+          + (f" (systemd: {unit})" if unit else ""))
+    if status is None:
+        print(f"status:     no {Path(cfg.runtime.state_dir) / 'status.json'} yet: the kiosk has not "
+              f"run with this config (runtime.state_dir)")
+        return 3
+    model = status.get("model") or {}
+    manifest = model.get("manifest") or {}
+    last = status.get("last_turn") or {}
+    error = status.get("last_error")
+    print(f"state:      {status['state']} since {status['since']} (pid {status['pid']})")
+    print(f"model:      {model.get('resolved') or model.get('path')}")
+    print(f"sha256:     {model.get('sha256') or 'not recorded'}")
+    if manifest:
+        print(f"manifest:   " + ", ".join(f"{k}={v}" for k, v in manifest.items()
+                                          if isinstance(v, (str, int, float)))[:300])
+    print(f"turns:      {status['turns']}")
+    if last:
+        timings = "  ".join(f"{k} {v:.2f}s" for k, v in last.get("timings", {}).items())
+        print(f"last turn:  {last['at']} [{last.get('kind')}, {last.get('language')}]  {timings}")
+    print(f"memory:     {status['rss_mb']:.0f} MiB resident, peak {status['peak_rss_mb']:.0f} MiB "
+          f"(at {status['updated']})")
+    print(f"last error: " + (f"{error['at']} {error['type']}: {error['message']}" if error else "none"))
+    return 0 if ready else 3
+
+
+def _budget(args) -> int:
+    from .budget import plan_for_config, production_plans
+
+    cfg = load_config(args.config)
+    plans = production_plans(cfg.budget.total_gb) if args.production else [plan_for_config(cfg)]
+    measured = _measure(cfg, Path(args.measure)) if args.measure else None
+    if args.json:
+        out = [p.to_dict() for p in plans]
+        if measured is not None:
+            out[0]["measured_peak_rss_mib"] = round(measured, 1)
+        print(json.dumps(out if args.production else out[0], indent=2))
+    else:
+        print("\n\n".join(p.table() for p in plans))
+        if measured is not None:
+            planned = plans[0].total_bytes / 2**20
+            print(f"measured:   peak RSS {measured:.1f} MiB after loading every model and answering "
+                  f"{args.measure}: plan / measured = {planned / measured:.2f}")
+    return 1 if any(p.over for p in plans) else 0
+
+
+def _measure(cfg, wav: Path) -> float:
+    """Peak RSS (MiB) of this process after loading the real pipeline and answering `wav`.
+    On the Jetson, CUDA allocations are not in RSS: compare the CPU-only parts there."""
+    import resource
+    import tempfile
+
+    from .audio import read_wav
+    from .pipeline import Pipeline
+
+    if not wav.is_file():
+        raise UserError(f"{wav}: no such WAV file (give a spoken question, e.g. "
+                        f"{PACKAGE_DATA / 'question_en.wav'})")
+    with tempfile.TemporaryDirectory() as state:
+        cfg.runtime.state_dir = state     # a measurement is not a visitor's turn: no turn log
+        pipeline = Pipeline(cfg)
+        try:
+            pipeline.ask_audio(read_wav(wav))
+        finally:
+            pipeline.close()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def register(sub) -> None:
-    pass
+    run = sub.add_parser("run", help="the kiosk under systemd (Type=notify, watchdog, status file)",
+                         description="Checks the memory budget, loads every model, tells systemd "
+                                     "it is ready and listens until SIGTERM.")
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="is the kiosk up; model, turns, memory, last error",
+                            description="Reads runtime.state_dir/status.json (no network port) and "
+                                        "asks systemd. Exit 0 when the kiosk is up, 3 when not.")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_status)
+
+    budget = sub.add_parser("budget", help="memory plan from the model files; non-zero if over",
+                            description="Plans memory from the actual model files and config; "
+                                        "exits 1 above budget.total_gb.")
+    budget.add_argument("--json", action="store_true", help="print JSON")
+    budget.add_argument("--production", action="store_true",
+                        help="the plan for the Jetson target (Gemma-2 2B Q4_K_M) from known shapes")
+    budget.add_argument("--measure", metavar="WAV", nargs="?", const=str(PACKAGE_DATA / "question_en.wav"),
+                        help="also load the real pipeline, answer WAV (default: the bundled "
+                             "question) and compare the plan with the measured peak RSS")
+    budget.set_defaults(func=_budget)

@@ -1,0 +1,310 @@
+"""How systemd and `campus-guide status` see the kiosk: sd_notify and the status file.
+
+systemd learns that the kiosk is ready (all models loaded) and still alive (the audio loop is
+turning) through the sd_notify datagram protocol; a person learns the rest (model in use, turns
+served, last error, memory) from `state_dir/status.json`, which the kiosk rewrites atomically so a
+reader never sees half a file. Neither needs a network port or libsystemd.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from campus_guide.config import Config
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+
+
+class Notifier:
+    """sd_notify over $NOTIFY_SOCKET (a path, or '@name' for an abstract socket).
+
+    Without the variable (a shell, a test, the demo) every call is a no-op, so the kiosk code
+    never asks whether it runs under systemd.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
+        env = os.environ if env is None else env
+        path = env.get("NOTIFY_SOCKET", "")
+        self._addr = "\0" + path[1:] if path.startswith("@") else path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if path else None
+        usec = int(env.get("WATCHDOG_USEC", "0") or 0)
+        mine = env.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
+        # Ping at twice the rate systemd demands: one late tick must not kill a healthy kiosk.
+        self.watchdog_interval = usec / 2e6 if usec and mine else None
+        self._clock = clock
+        self._last_ping: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def notify(self, *assignments: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(assignments).encode(), self._addr)
+        except OSError as e:  # systemd gone (shutdown): nothing useful left to tell it
+            log.debug("sd_notify %s failed: %s", assignments, e)
+
+    def ready(self, status: str) -> None:
+        self.notify("READY=1", f"STATUS={status}")
+
+    def status(self, text: str) -> None:
+        self.notify(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        """Called once per audio chunk; sends WATCHDOG=1 at most every half watchdog period."""
+        if self.watchdog_interval is None:
+            return
+        now = self._clock()
+        if self._last_ping is None or now - self._last_ping >= self.watchdog_interval:
+            self._last_ping = now
+            self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str = "stopping") -> None:
+        self.notify("STOPPING=1", f"STATUS={status}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB."""
+    current = 0.0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return round(current, 1), round(max(peak, current), 1)
+
+
+def model_info(cfg: Config) -> dict[str, Any]:
+    """The LLM in use: its path, the bundle manifest beside it (a flashed board), else the
+    sha256 recorded by `models fetch` in models.json. Never hashes the weights at start-up."""
+    path = cfg.models_path(cfg.llm.model)
+    real = path.resolve()
+    info: dict[str, Any] = {"path": str(path), "resolved": str(real), "sha256": None}
+    docs = [real.parent / "manifest.json", Path(cfg.models_dir) / "models.json"]
+    for doc in filter(Path.is_file, docs):
+        try:
+            data = json.loads(doc.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            info["manifest_error"] = f"{doc}: {e}"
+            continue
+        if doc.name == "manifest.json":
+            info["manifest"] = data
+        key = os.path.relpath(real, Path(cfg.models_dir).resolve()) if doc.name == "models.json" else real.name
+        if info["sha256"] is None:
+            info["sha256"] = _find_sha(data, key)
+    return info
+
+
+def _find_sha(doc: Any, filename: str) -> str | None:
+    """The sha256 recorded for `filename` anywhere in a manifest: {filename: sha},
+    {filename: {"sha256": sha}} or {"path" (or any key): filename, "sha256": sha}."""
+    if isinstance(doc, list):
+        return next((s for item in doc if (s := _find_sha(item, filename))), None)
+    if not isinstance(doc, dict):
+        return None
+    entry = doc.get(filename)
+    if isinstance(entry, dict):
+        entry = entry.get("sha256")
+    if isinstance(entry, str):
+        return entry
+    names = {Path(v).name for v in doc.values() if isinstance(v, str)}
+    if isinstance(doc.get("sha256"), str) and filename in names:
+        return doc["sha256"]
+    return next((s for v in doc.values() if (s := _find_sha(v, filename))), None)
+
+
+@dataclass
+class Status:
+    """The content of status.json (its shape is what `campus-guide status` reads)."""
+
+    state: str = "starting"         # starting | ready | stopped | failed
+    since: str = field(default_factory=_now)
+    pid: int = field(default_factory=os.getpid)
+    config: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    turns: int = 0
+    last_turn: dict[str, Any] | None = None
+    rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    last_error: dict[str, str] | None = None
+    updated: str = field(default_factory=_now)
+
+
+class StatusWriter:
+    """Keeps state_dir/status.json current; each write is a rename, so readers see whole files.
+
+    Turns finish in the kiosk's worker thread and errors are logged from any thread: one lock.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, status: Status):
+        self.path = Path(state_dir) / STATUS_FILE
+        self.status = status
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"{self.path.parent}: cannot create the state folder ({e}); "
+                          "set runtime.state_dir to a writable folder") from None
+        self.update()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.status, key, value)
+            self.status.rss_mb, self.status.peak_rss_mb = rss_mb()
+            self.status.updated = _now()
+            tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(asdict(self.status), indent=2, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    def turn(self, result: Any) -> None:
+        """Record a TurnResult: when, what kind of answer, how long each stage took (never what
+        the visitor said: that stays in the pipeline's own turn log)."""
+        timings = getattr(result, "timings", None) or {}
+        if is_dataclass(timings):
+            timings = asdict(timings)
+        self.update(turns=self.status.turns + 1, last_turn={
+            "at": _now(),
+            "kind": getattr(result, "kind", None),
+            "language": getattr(result, "language", None),
+            "timings": {k: round(float(v), 3) for k, v in timings.items() if v is not None},
+        })
+
+    def error(self, message: str, kind: str = "error") -> None:
+        self.update(last_error={"at": _now(), "type": kind, "message": message[-2000:]})
+
+
+class _ErrorsToStatus(logging.Handler):
+    """Errors the kiosk logs and survives (a failed turn) still reach status.json."""
+
+    def __init__(self, writer: StatusWriter):
+        super().__init__(logging.ERROR)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        self.writer.error(message, kind=record.name)
+
+
+def read_status(state_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """status.json as a dict, or None if the kiosk never ran with this state_dir."""
+    path = Path(state_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete it, the kiosk rewrites it") from None
+
+
+def _open_audio(cfg: Config, pipeline: Any) -> tuple[Any, Any]:
+    from device.audio import Microphone, Speaker
+
+    return Microphone(cfg.audio), Speaker(cfg.audio, sample_rate=pipeline.tts.sample_rate)
+
+
+@dataclass
+class Seams:
+    """What run_service builds; replaced in tests because there is no sound card (or Jetson) here."""
+
+    pipeline: Callable[[Config], Any] | None = None              # device.pipeline.Pipeline
+    audio: Callable[[Config, Any], tuple[Any, Any]] = _open_audio  # (Microphone, Speaker)
+    listen: Callable[..., Any] | None = None                     # device.kiosk.listen
+
+    def resolved(self) -> "Seams":
+        if self.pipeline is None:
+            from device.pipeline import Pipeline
+            self.pipeline = Pipeline
+        if self.listen is None:
+            from device.kiosk import listen
+            self.listen = listen
+        return self
+
+
+class ServiceError(RuntimeError):
+    """The kiosk cannot (or can no longer) serve; systemd restarts it (Restart=on-failure)."""
+
+
+def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event | None = None) -> int:
+    """The kiosk under systemd: budget check, load every model, READY=1, then listen until
+    SIGTERM. The watchdog is fed from the audio loop's tick, so a hung loop gets restarted."""
+    from campus_guide.cli import UserError
+    from device.budget import plan_for_config
+
+    plan = plan_for_config(cfg)
+    if plan.over:
+        raise UserError(f"the models need more memory than the budget allows; refusing to start.\n"
+                        f"{plan.table()}\nUse a smaller model or n_ctx, or raise budget.total_gb "
+                        f"(and MemoryMax= in the unit) if the board really has the room.")
+
+    seams = (seams or Seams()).resolved()
+    stop = stop or threading.Event()
+    notifier = Notifier()
+    writer = StatusWriter(cfg.runtime.state_dir, Status(config=cfg.source, model=model_info(cfg)))
+    errors = _ErrorsToStatus(writer)
+    logging.getLogger().addHandler(errors)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_turn(result: Any) -> None:
+        writer.turn(result)
+        notifier.status(f"listening; {writer.status.turns} turns served")
+
+    try:
+        with ExitStack() as resources:
+            notifier.status("loading models")
+            log.info("loading models (plan %.2f GB of a %.2f GB budget)", plan.total_gb, plan.budget_gb)
+            pipeline = seams.pipeline(cfg)
+            resources.callback(getattr(pipeline, "close", lambda: None))
+            mic, speaker = seams.audio(cfg, pipeline)
+            for device in (mic, speaker):
+                resources.callback(getattr(device, "close", lambda: None))
+            writer.update(state="ready")
+            notifier.ready("listening; 0 turns served")
+            log.info("ready: listening")
+            seams.listen(pipeline, mic, speaker, on_turn=on_turn, on_tick=notifier.watchdog, stop=stop)
+            if not stop.is_set():
+                raise ServiceError("the microphone stopped delivering audio (unplugged?)")
+        writer.update(state="stopped")
+        log.info("stopped after %d turns", writer.status.turns)
+        return 0
+    except BaseException as e:
+        writer.error(f"{type(e).__name__}: {e}", kind="fatal")
+        writer.update(state="failed")
+        raise
+    finally:
+        notifier.stopping()
+        notifier.close()
+        logging.getLogger().removeHandler(errors)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
