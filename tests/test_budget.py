@@ -1,0 +1,114 @@
+"""The memory plan from the real model files, the budget command's exit codes, and the
+production target's plan."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from campus_guide.cli import main
+from campus_guide.config import Config
+from device.budget import (GEMMA2_2B, GiB, MiB, BudgetError, LLMShape, compute_bytes,
+                           kv_cache_bytes, plan_for_config, production_plans)
+
+GEMMA3_270M = LLMShape(arch="gemma3", n_layer=18, n_embd=640, n_head_kv=1, head_dim_k=256,
+                       head_dim_v=256, n_vocab=262144, sliding_window=512)
+
+
+def test_llama_cpp_buffer_sizes_match_its_own_log():
+    # llama.cpp 0.3.36 loading gemma-3-270m Q4_K_M at n_ctx 2048 logs:
+    #   llama_kv_cache: size = 6.00 MiB (3 layers) + 30.00 MiB (15 SWA layers, full size)
+    #   sched_reserve: CPU compute buffer size = 514.50 MiB
+    assert kv_cache_bytes(GEMMA3_270M, 2048) == 36 * MiB
+    assert compute_bytes(GEMMA3_270M, gpu=True) == int(514.5 * MiB)
+    assert kv_cache_bytes(GEMMA3_270M, 2000) == 36 * MiB          # padded to 256 cells
+    assert compute_bytes(GEMMA3_270M, gpu=False) < 8 * MiB        # untouched pages are free on the CPU
+
+
+@pytest.mark.models
+def test_shape_is_read_from_the_real_gguf(models_dir):
+    assert LLMShape.from_gguf(models_dir / "gemma3-270m-q4_k_m.gguf") == GEMMA3_270M
+
+
+@pytest.mark.models
+def test_plan_uses_the_actual_files(models_dir):
+    cfg = Config(models_dir=str(models_dir))
+    plan = plan_for_config(cfg)
+    rows = {i.name: i.bytes for i in plan.items}
+    assert rows["LLM weights"] == (models_dir / "gemma3-270m-q4_k_m.gguf").stat().st_size
+    assert rows["LLM KV cache"] == 36 * MiB
+    assert rows["Whisper weights"] == (models_dir / "whisper-base" / "model.bin").stat().st_size // 2
+    assert "CUDA context + cuBLAS" not in rows                    # CPU config: nothing offloaded
+    assert 0.7 * GiB < plan.total_bytes < 1.2 * GiB and not plan.over
+
+    cfg.llm.n_ctx, cfg.llm.n_gpu_layers = 8192, -1
+    bigger = plan_for_config(cfg)
+    assert {i.name: i.bytes for i in bigger.items}["LLM KV cache"] == 4 * 36 * MiB
+    assert "CUDA context + cuBLAS" in {i.name for i in bigger.items}
+    assert bigger.total_bytes > plan.total_bytes + 600 * MiB       # GPU logits buffer is committed
+
+
+@pytest.mark.models
+def test_budget_command_exits_non_zero_above_the_budget(models_dir, tmp_path, capsys):
+    cfg = tmp_path / "kiosk.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\nbudget:\n  total_gb: 6.5\n")
+    assert main(["--config", str(cfg), "budget"]) == 0
+    out = capsys.readouterr().out
+    assert "fits" in out and "LLM KV cache" in out and "headroom" in out
+
+    cfg.write_text(f"models_dir: {models_dir}\nbudget:\n  total_gb: 0.5\n")
+    assert main(["--config", str(cfg), "budget"]) == 1
+    assert "OVER BUDGET" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "budget", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["over"] is True and data["budget_gb"] == 0.5
+    assert data["total_bytes"] == sum(i["bytes"] for i in data["items"])
+
+
+def test_missing_model_file_says_what_to_do(tmp_path, capsys):
+    cfg = tmp_path / "kiosk.yaml"
+    cfg.write_text(f"models_dir: {tmp_path / 'nothing'}\n")
+    assert main(["--config", str(cfg), "budget"]) == 2
+    err = capsys.readouterr().err
+    assert "LLM model not found" in err and "campus-guide models fetch" in err
+    with pytest.raises(BudgetError):
+        plan_for_config(Config(models_dir=str(tmp_path / "nothing")))
+
+
+def test_a_garbled_gguf_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(BudgetError, match="cannot read this GGUF"):
+        LLMShape.from_gguf(bad)
+
+
+def test_production_target_fits_the_orin_nano(capsys):
+    base, small = production_plans()
+    rows = {i.name: i.bytes for i in base.items}
+    assert rows["LLM KV cache"] == 26 * 2048 * 4 * (256 + 256) * 2 == 208 * MiB
+    assert rows["LLM compute buffer (GPU)"] == 512 * (256000 + 2 * 2304) * 4
+    assert not base.over and not small.over
+    assert small.total_bytes > base.total_bytes
+    assert 2.5 * GiB < base.total_bytes < 4 * GiB
+    assert main(["budget", "--production"]) == 0
+    assert "Gemma-2 2B Q4_K_M" in capsys.readouterr().out
+    assert GEMMA2_2B.sliding_window == 4096                      # n_ctx 2048 < window: no saving anyway
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_plan_is_within_15_percent_of_the_measured_peak_rss(models_dir, tmp_path):
+    """The real pipeline in its own process: load everything, answer the bundled question."""
+    cfg = tmp_path / "kiosk.yaml"
+    cfg.write_text(f"models_dir: {models_dir}\nruntime:\n  state_dir: {tmp_path / 'state'}\n")
+    out = subprocess.run([sys.executable, "-m", "campus_guide.cli", "--config", str(cfg),
+                          "budget", "--measure", "--json"], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    ratio = data["total_bytes"] / MiB / data["measured_peak_rss_mib"]
+    assert 0.85 <= ratio <= 1.15, f"plan {data['total_bytes'] / MiB:.0f} MiB vs measured " \
+                                  f"{data['measured_peak_rss_mib']:.0f} MiB"
