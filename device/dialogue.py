@@ -29,10 +29,6 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
-
-def _numbers(text: str) -> set[str]:
-    """Numbers as values ("09:00" and "9:00" share 9 and 0)."""
-    return {n.lstrip("0") or "0" for n in _NUMBER.findall(text)}
 # Invented places the knowledge base has never heard of look like these.
 _EN_PLACE = re.compile(
     r"\b((?:[A-Z][\w'-]*\s+)+(?:Hall|Building|Center|Centre|Library|Tower|Gym|Gymnasium|"
@@ -43,6 +39,11 @@ _SCAFFOLD = re.compile(r"\b(?:Question|Facts)\s*:")
 _CAMPUS_WORDS = re.compile(
     r"where|how (?:do|can) i get|building|hall|library|campus|room|gate|office|way to|directions|"
     r"어디|건물|관|도서관|캠퍼스|가는|길|위치|센터|강의실|정문", re.IGNORECASE)
+
+
+def _numbers(text: str) -> set[str]:
+    """Numbers as values ("09:00" and "9:00" share 9 and 0)."""
+    return {n.lstrip("0") or "0" for n in _NUMBER.findall(text)}
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Dialogue:
         stream = pieces()
         try:
             for sentence in split_sentences(stream, self.cfg.dialogue.max_sentence_chars):
-                sentence = clean_answer(sentence)
+                sentence = clean_answer(sentence).lstrip("-*• ")   # a list marker is not spoken
                 if not sentence:
                     continue
                 if sentence in spoken:      # a small model looping: the answer is over
