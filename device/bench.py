@@ -145,7 +145,10 @@ def run_bench(cfg: Config, out: str | Path, runs: int = 3) -> dict:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    png = plot(report, out.with_suffix(".png"))
+    try:
+        png = plot(report, out.with_suffix(".png"))
+    except ImportError:
+        png = "no plot (install matplotlib for it)"
     print(json.dumps({k: v for k, v in report.items() if k not in ("turns", "stages")},
                      ensure_ascii=False, indent=2))
     print(f"wrote {out} and {png}")

@@ -74,6 +74,8 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
     vad.reset()
     try:
         for utterance in vad.utterances(chunks()):
+            if stop.is_set():           # the half-heard utterance of a shutdown is not a question
+                break
             if worker is not None:
                 worker.join()           # barge-in: the previous answer is being stopped
             log.info("kiosk: utterance %.1f s%s", utterance.duration_s,
