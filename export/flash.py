@@ -97,6 +97,15 @@ def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
 
 
+@dataclass
+class Probe:
+    current: str            # bundle name `current` points at ("" = none)
+    final_sha256: str       # of bundles/<name>/model.gguf, if already there
+    staged_size: int        # bytes of staging/<name>/model.gguf from an earlier attempt
+    history: list[str]
+    bundles: list[str]
+
+
 class Board:
     """One host reached with the system ssh client; every call is one short command."""
 
@@ -146,26 +155,31 @@ class Board:
         v.update(values)
         return template.format(**{k: shlex.quote(str(x)) for k, x in v.items()})
 
-    def current(self) -> str:
-        out = self.run("connect", f"readlink {shlex.quote(self.root + '/current')} || true").stdout.strip()
-        return out.rsplit("/", 1)[-1]
+    def probe(self, name: str = "", model_file: str = "") -> Probe:
+        """The board's state in one round trip (each SSH command costs a shell start)."""
+        q = shlex.quote
+        final, staged = f"{self.bundles}/{name}/{model_file}", f"{self.staging}/{name}/{model_file}"
+        cmd = (f"mkdir -p {q(self.bundles)} {q(self.staging)} || exit 3; readlink {q(self.root + '/current')}; "
+               f"echo --; " + (f"sha256sum {q(final)} 2>/dev/null | cut -d' ' -f1; echo --; "
+                               f"stat -c %s {q(staged)} 2>/dev/null; " if name else "echo --; ") +
+               f"echo --; cat {q(self.root + '/history')} 2>/dev/null; echo --; ls -1 {q(self.bundles)}")
+        parts = self.run("connect", cmd).stdout.split("--\n")
+        if len(parts) != 5:
+            raise StepFailed("connect", f"unexpected answer from the board: {_tail('--'.join(parts), 3)}")
+        cur, sha, size, hist, present = (p.split() for p in parts)
+        return Probe(cur[0].rsplit("/", 1)[-1] if cur else "", sha[0] if sha else "",
+                     int(size[0]) if size else 0, hist, present)
 
-    def history(self) -> list[str]:
-        out = self.run("history", f"cat {shlex.quote(self.root + '/history')} 2>/dev/null || true").stdout
-        return [ln for ln in out.split() if ln]
-
-    def write_history(self, names: list[str]) -> None:
+    def set_history(self, names: list[str], remove: list[str] = ()) -> None:
+        """Rewrite ROOT/history (atomically) and delete the bundles in `remove`."""
         h = shlex.quote(self.root + "/history")
-        self.run("history", f"cat > {h}.tmp && mv {h}.tmp {h}", data="".join(f"{n}\n" for n in names).encode())
+        rm = "".join(f" && rm -rf {shlex.quote(self.bundles + '/' + n)}" for n in remove)
+        self.run("history", f"cat > {h}.tmp && mv {h}.tmp {h}{rm}", data="".join(f"{n}\n" for n in names).encode())
 
-    def sha256(self, step: str, path: str) -> str:
-        r = self.run(step, f"sha256sum {shlex.quote(path)} 2>/dev/null || true")
-        return r.stdout.split()[0] if r.stdout.strip() else ""
-
-    def switch(self, name: str) -> None:
+    def switch_cmd(self, name: str) -> str:
         """Point `current` at bundles/NAME atomically: a reader sees the old or the new, never none."""
         cur, tmp = shlex.quote(self.root + "/current"), shlex.quote(f"{self.root}/current.tmp")
-        self.run("switch", f"ln -sfn {shlex.quote('bundles/' + name)} {tmp} && mv -T {tmp} {cur}")
+        return f"ln -sfn {shlex.quote('bundles/' + name)} {tmp} && mv -T {tmp} {cur}"
 
     def healthy(self) -> tuple[bool, str]:
         """Poll the health command until it reports healthy or the time is up."""
@@ -219,33 +233,30 @@ class Flasher:
         return res
 
     def _flash(self, res: HostResult) -> None:
-        b, m = self.board, self.m
+        b, m, q = self.board, self.m, shlex.quote
         self._step("connect")
-        b.run("connect", f"mkdir -p {shlex.quote(b.bundles)} {shlex.quote(b.staging)}")
-        res.previous = res.current = b.current()
+        probe = b.probe(m.name, m.model_file)
+        res.previous = res.current = probe.current
         final, staged = f"{b.bundles}/{m.name}", f"{b.staging}/{m.name}"
-        if b.sha256("verify", f"{final}/{m.model_file}") == m.sha256:
-            if res.previous == m.name:
-                self.bar.update(m.size)
+        if probe.final_sha256 == m.sha256:     # on the board already (an earlier flash): no upload
+            self.bar.update(m.size)
+            if probe.current == m.name:
                 res.action = "already current"
                 return
-            where = final                       # on the board already (an older flash): no upload
-            self.bar.update(m.size)
+            where = final
         else:
-            res.resumed_from = self._upload(staged)
+            res.resumed_from = self._upload(staged, probe.staged_size)
             where = staged
         self._verify(where)
         try:
             self._check(where)
         except StepFailed:
             if where == staged:                 # a model that cannot run is not worth resuming
-                b.run("cleanup", f"rm -rf {shlex.quote(staged)}", check=False)
+                b.run("cleanup", f"rm -rf {q(staged)}", check=False)
             raise
         self._step("switch")
-        if where == staged:
-            b.run("switch", f"rm -rf {shlex.quote(final)} && mv {shlex.quote(staged)} {shlex.quote(final)}")
-        b.run("switch", f"touch {shlex.quote(final)}")
-        b.switch(m.name)
+        move = f"rm -rf {q(final)} && mv {q(staged)} {q(final)} && " if where == staged else ""
+        b.run("switch", f"{move}touch {q(final)} && {b.switch_cmd(m.name)}")
         res.current = m.name
         try:
             self._step("restart")
@@ -258,27 +269,24 @@ class Flasher:
             res.current = self._roll_back(res.previous, failed=m.name)
             res.action = "rolled back" if res.current else "failed, no previous model"
             raise StepFailed(e.step, e.message + f"; board back on {res.current or 'no model'}") from None
-        b.write_history(b.history() + [m.name])
         self._step("prune")
-        self._prune()
+        self._prune(probe.history + [m.name], set(probe.bundles) | {m.name})
         res.action = "flashed"
         self._step("done")
 
-    def _upload(self, staged: str) -> int:
-        """Append what the board lacks to staging/model.gguf (a broken transfer resumes), then the
-        manifest. Returns the byte offset the upload resumed from."""
+    def _upload(self, staged: str, have: int) -> int:
+        """Append what the board lacks to staging/model.gguf (a broken transfer resumes where it
+        stopped). Returns the byte offset the upload resumed from."""
         b, m = self.board, self.m
         self._step("upload")
         target = f"{staged}/{m.model_file}"
-        r = b.run("upload", f"mkdir -p {shlex.quote(staged)} && (stat -c %s {shlex.quote(target)} 2>/dev/null || echo 0)")
-        have = int(r.stdout.strip() or 0)
         if have > m.size:
-            b.run("upload", f"rm -f {shlex.quote(target)}")
             have = 0
+        trunc = "" if have else f": > {shlex.quote(target)} && "
         self.bar.update(have)
         if have < m.size:
-            proc = subprocess.Popen(b.argv(f"cat >> {shlex.quote(target)}"), stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(b.argv(f"mkdir -p {shlex.quote(staged)} && {trunc}cat >> {shlex.quote(target)}"),
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             sent = 0
             try:
                 with open(self.dir / m.model_file, "rb") as f:
@@ -297,15 +305,18 @@ class Flasher:
             if rc != 0:
                 raise StepFailed("upload", f"transfer failed (ssh exit {rc}: {_tail(err, 2)}) after about "
                                            f"{have + sent} of {m.size} bytes; flash again to resume")
-        manifest = (self.dir / MANIFEST_FILE).read_bytes()
-        b.run("upload", f"cat > {shlex.quote(staged + '/' + MANIFEST_FILE)}", data=manifest)
         return have
 
     def _verify(self, where: str) -> None:
+        """Put the manifest beside the model and checksum the model on the board."""
         self._step("verify")
-        got = self.board.sha256("verify", f"{where}/{self.m.model_file}")
+        q = shlex.quote
+        r = self.board.run("verify", f"cat > {q(where + '/' + MANIFEST_FILE)} && "
+                                     f"(sha256sum {q(where + '/' + self.m.model_file)} || true)",
+                           data=(self.dir / MANIFEST_FILE).read_bytes())
+        got = r.stdout.split()[0] if r.stdout.strip() else ""
         if got != self.m.sha256:
-            self.board.run("verify", f"rm -rf {shlex.quote(where)}", check=False)
+            self.board.run("verify", f"rm -rf {q(where)}", check=False)
             raise StepFailed("verify", f"sha256 on the board is {got[:12] or 'missing'}, expected "
                                        f"{self.m.sha256[:12]} (corrupted upload, removed); flash again")
 
@@ -314,10 +325,10 @@ class Flasher:
         b = self.board
         model, smoke_config = f"{where}/{self.m.model_file}", f"{where}/smoke-config.yaml"
         self._step("budget")
-        b.run("budget", f"{shlex.quote(self.opts.venv + '/bin/python')} -c {shlex.quote(_SMOKE_CONFIG)} "
-                        + " ".join(map(shlex.quote, (self.opts.config, model, smoke_config))))
+        make_config = (f"{shlex.quote(self.opts.venv + '/bin/python')} -c {shlex.quote(_SMOKE_CONFIG)} "
+                       + " ".join(map(shlex.quote, (self.opts.config, model, smoke_config))))
         fill = dict(model=model, bundle=where, smoke_config=smoke_config)
-        r = b.run("budget", b.fill(self.opts.budget_cmd, **fill), check=False)
+        r = b.run("budget", f"{make_config} && {b.fill(self.opts.budget_cmd, **fill)}", check=False)
         if r.returncode != 0:
             raise StepFailed("budget", f"the board's memory budget refuses this model: {_tail(r.stdout + r.stderr)}")
         self._step("smoke test")
@@ -334,30 +345,20 @@ class Flasher:
         """Back to `previous` (or no model), drop the failed bundle, restart. Returns what is current."""
         b = self.board
         self._step("rollback")
-        if previous:
-            b.switch(previous)
-        else:
-            b.run("rollback", f"rm -f {shlex.quote(b.root + '/current')}")
-        b.run("rollback", f"rm -rf {shlex.quote(b.bundles + '/' + failed)}", check=False)
+        back = b.switch_cmd(previous) if previous else f"rm -f {shlex.quote(b.root + '/current')}"
+        b.run("rollback", f"{back} && rm -rf {shlex.quote(b.bundles + '/' + failed)}")
         b.run("rollback", b.fill(self.opts.restart_cmd), check=False)
         if previous and not b.healthy()[0]:
             log.warning("%s: back on %s but the kiosk is still not healthy", b.host, previous)
         return previous
 
-    def _prune(self) -> None:
-        """Keep the last N activated bundles (always the current one); delete the rest."""
-        b = self.board
-        hist = b.history()
+    def _prune(self, history: list[str], present: set[str]) -> None:
+        """Record the activation; keep the last N activated bundles (the current one always)."""
         keep: list[str] = []
-        for name in reversed(hist):
+        for name in reversed(history):
             if name not in keep and len(keep) < self.opts.keep:
                 keep.append(name)
-        keep.reverse()
-        present = b.run("prune", f"ls -1 {shlex.quote(b.bundles)}").stdout.split()
-        gone = [n for n in present if n not in keep and n != self.m.name]
-        if gone:
-            b.run("prune", "rm -rf " + " ".join(shlex.quote(f"{b.bundles}/{n}") for n in gone))
-        b.write_history([n for n in hist if n in keep])
+        self.board.set_history([n for n in history if n in keep], remove=sorted(present - set(keep)))
 
 
 def rollback_host(host: str, opts: FlashOptions) -> HostResult:
@@ -366,18 +367,18 @@ def rollback_host(host: str, opts: FlashOptions) -> HostResult:
     b = Board(host, opts)
     res = HostResult(host, ok=False, action="failed")
     try:
-        res.previous = cur = b.current()
-        hist = b.history()
+        probe = b.probe()
+        res.previous = cur = probe.current
+        hist = list(probe.history)
         while hist and hist[-1] == cur:
             hist.pop()
-        present = set(b.run("rollback", f"ls -1 {shlex.quote(b.bundles)} 2>/dev/null || true").stdout.split())
-        while hist and hist[-1] not in present:
+        while hist and hist[-1] not in probe.bundles:
             hist.pop()
         if not hist:
             raise StepFailed("rollback", f"no earlier bundle on the board to go back to (current: {cur or 'none'})")
         target = hist[-1]
-        b.switch(target)
-        b.write_history(hist)
+        b.run("rollback", b.switch_cmd(target))
+        b.set_history(hist)
         res.current = target
         b.run("restart", b.fill(opts.restart_cmd))
         ok, why = b.healthy()
