@@ -12,6 +12,7 @@ DATA=/var/lib/campus-guide
 ETC=/etc/campus-guide
 SERVICE_USER=campus-guide
 UNIT=campus-guide.service
+UNIT_NAME=${UNIT%.service}
 TEGRA_RELEASE=${TEGRA_RELEASE:-/etc/nv_tegra_release}
 NVPMODEL_CONF=${NVPMODEL_CONF:-/etc/nvpmodel.conf}
 APT_PACKAGES=(libportaudio2 espeak-ng python3-venv python3-dev python3-pip cmake build-essential sox)
@@ -66,9 +67,11 @@ run() {
     if [[ $DRY_RUN == 0 ]]; then "$@"; fi
 }
 
-# put MODE OWNER:GROUP PATH < content   (written atomically; unchanged files are left alone)
+# put MODE OWNER:GROUP PATH [CHECK...] < content: written atomically, after `CHECK PATH.tmp`
+# passes; unchanged files are left alone.
 put() {
     local mode=$1 owner=$2 path=$3 content
+    local -a check=("${@:4}")
     content=$(cat)
     if [[ -f $path ]] && [[ $(cat "$path") == "$content" ]]; then
         skip "$path is up to date"
@@ -81,6 +84,10 @@ put() {
         printf '%s\n' "$content" >"$path.tmp"
         chmod "$mode" "$path.tmp"
         chown "$owner" "$path.tmp"
+        if [[ ${#check[@]} -gt 0 ]] && ! "${check[@]}" "$path.tmp"; then
+            rm -f "$path.tmp"
+            die "$path would be invalid (${check[*]} failed); nothing was changed"
+        fi
         mv -f "$path.tmp" "$path"
     fi
 }
@@ -222,6 +229,8 @@ config() {
     else
         put 0644 root:root "$ETC/config.yaml" <"$SRC/configs/kiosk.yaml"
     fi
+    # The operator's shell (campus-guide status / demo over SSH) uses the kiosk's config too.
+    put 0644 root:root /etc/profile.d/campus-guide.sh <<<"export CAMPUS_GUIDE_CONFIG=$ETC/config.yaml"
     # Refuse to enable a kiosk whose models do not fit: the same check `campus-guide run` makes.
     run env CAMPUS_GUIDE_CONFIG="$ETC/config.yaml" "$VENV/bin/campus-guide" budget
 }
@@ -229,6 +238,11 @@ config() {
 service() {
     say "systemd unit"
     put 0644 root:root "/etc/systemd/system/$UNIT" <"$SRC/systemd/$UNIT"
+    # Operators (group campus-guide) stop, start and restart the kiosk without a password: the
+    # SSH demo, and `campus-guide flash`, which restarts it non-interactively. Nothing else.
+    put 0440 root:root /etc/sudoers.d/campus-guide visudo -cqf <<EOF
+%$SERVICE_USER ALL=(root) NOPASSWD: /usr/bin/systemctl start $UNIT_NAME, /usr/bin/systemctl stop $UNIT_NAME, /usr/bin/systemctl restart $UNIT_NAME
+EOF
     run systemctl daemon-reload
     if systemctl is-enabled --quiet "$UNIT" 2>/dev/null; then
         skip "$UNIT enabled"

@@ -190,7 +190,7 @@ def plan(*, llm: LLMShape, llm_bytes: int, n_ctx: int, gpu: bool, whisper_bytes:
     items += [
         Item("Whisper weights", whisper_bytes // 2 if whisper_int8 else whisper_bytes,
              names.get("whisper", "model.bin") + (" (float16 file, int8 in memory)" if whisper_int8 else "")),
-        Item("Whisper work buffers", WHISPER_WORK + whisper_bytes // 2, "measured: 55 MiB + model.bin / 2"),
+        Item("Whisper work buffers", WHISPER_WORK + whisper_bytes // 2, "55 MiB + model.bin / 2, fitted on base + tiny.en"),
     ]
     for lang, size in voice_bytes.items():
         items.append(Item(f"piper voice ({lang})", size + PIPER_SESSION + PIPER_PER_CHAR * max_sentence_chars,

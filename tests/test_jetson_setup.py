@@ -35,7 +35,8 @@ def test_strict_mode_and_executable():
 @pytest.mark.skipif(ON_A_JETSON, reason="a real board: the dry run would report its real state")
 def test_dry_run_prints_every_action_and_changes_nothing(tmp_path):
     watched = [Path("/opt/campus-guide"), Path("/etc/campus-guide"), Path("/var/lib/campus-guide"),
-               Path("/etc/systemd/system/campus-guide.service"), Path("/usr/local/bin/campus-guide")]
+               Path("/etc/systemd/system/campus-guide.service"), Path("/usr/local/bin/campus-guide"),
+               Path("/etc/profile.d/campus-guide.sh")]
     before = [p.exists() for p in watched]
     user_before = subprocess.run(["id", "campus-guide"], capture_output=True).returncode
 
@@ -55,6 +56,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path):
         "ln -sfn bundles/packaged /var/lib/campus-guide/current",
         "write /etc/campus-guide/config.yaml",
         "model: /var/lib/campus-guide/current/model.gguf",
+        "export CAMPUS_GUIDE_CONFIG=/etc/campus-guide/config.yaml",
         "campus-guide budget",
         "write /etc/systemd/system/campus-guide.service",
         "systemctl enable campus-guide.service",
@@ -74,7 +76,7 @@ def test_optional_steps_are_skipped_without_a_terminal_or_flag():
     assert r.returncode == 0, r.stderr
     assert "nvpmodel -m" not in r.stdout and "set-default" not in r.stdout
     assert "pass --power-mode" in r.stdout and "pass --no-desktop" in r.stdout
-    assert "systemctl restart" not in r.stdout
+    assert "+ systemctl restart" not in r.stdout
 
 
 def test_power_mode_is_found_by_name_in_nvpmodel_conf(tmp_path):
@@ -88,6 +90,25 @@ def test_power_mode_is_found_by_name_in_nvpmodel_conf(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "L4T R36.4.3 (JetPack 6)" in r.stdout
     assert "+ nvpmodel -m 2" in r.stdout
+
+
+@pytest.mark.skipif(ON_A_JETSON, reason="a real board")
+def test_operator_sudo_rule_is_valid_and_narrow(tmp_path):
+    """Flash restarts the kiosk over SSH without a password: exactly start/stop/restart."""
+    visudo = shutil.which("visudo") or "/usr/sbin/visudo"
+    if not Path(visudo).exists():
+        pytest.skip("visudo is not installed (Debian package sudo)")
+    out = setup("--dry-run").stdout
+    rule = out.split("write /etc/sudoers.d/campus-guide (0440 root:root):\n")[1].splitlines()[0]
+    rule = rule.removeprefix("    |   ")
+    assert rule.startswith("%campus-guide ALL=(root) NOPASSWD: ")
+    commands = rule.split("NOPASSWD: ")[1].split(", ")
+    assert commands == [f"/usr/bin/systemctl {a} campus-guide" for a in ("start", "stop", "restart")]
+    f = tmp_path / "campus-guide"
+    f.write_text(rule + "\n")
+    f.chmod(0o440)
+    r = subprocess.run([visudo, "-cf", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_refuses_jetpack_5(tmp_path):
