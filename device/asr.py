@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from campus_guide.config import Config, ConfigError
-from campus_guide.prompt import LANGUAGES
+from campus_guide.prompt import LANGUAGES, language_of
 from device.models import require
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,12 @@ def kb_hotwords(kb) -> list[str]:
     return list(dict.fromkeys(primary + kb.names()))
 
 
+def _logprob(segments) -> float:
+    """Mean log-probability per token over all segments (-inf when nothing was decoded)."""
+    n = sum(max(1, len(s.tokens)) for s in segments)
+    return sum(s.avg_logprob * max(1, len(s.tokens)) for s in segments) / n if n else -math.inf
+
+
 def _key(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
@@ -52,7 +58,7 @@ def _key(text: str) -> str:
 class Transcript:
     text: str               # "" when nothing usable was said
     language: str           # "ko" | "en"
-    confidence: float       # 0..1: exp(mean token log-prob) x language probability
+    confidence: float       # 0..1: exp(mean token log-prob) x ko/en detection probability
     duration_s: float       # length of the audio
     asr_s: float            # wall time of transcribe()
 
@@ -110,19 +116,20 @@ class Transcriber:
         lang_p = 1.0
         if fixed is None:
             probs = dict(info.all_language_probs or [(info.language, info.language_probability)])
-            best = max(LANGUAGES, key=lambda c: probs.get(c, 0.0))
-            total = sum(probs.get(c, 0.0) for c in LANGUAGES) or 1.0
-            lang_p = probs.get(best, 0.0) / total
-            if info.language != best:
-                log.debug("whisper heard %s (p=%.2f); decoding as %s", info.language,
-                          info.language_probability, best)
-                segments, info = self._decode(audio, best)
-            fixed = best
+            if info.language in LANGUAGES:
+                fixed = info.language
+                lang_p = probs[fixed] / (sum(probs.get(c, 0.0) for c in LANGUAGES) or 1.0)
+            else:
+                # Robotic or accented speech: Whisper guesses Thai or Japanese, yet its draft
+                # usually shows the right script ("도서관の電音"); decode again in that language.
+                draft = " ".join(s.text for s in segments)
+                fixed = language_of(draft, default=max(LANGUAGES, key=lambda c: probs.get(c, 0.0)))
+                log.debug("whisper heard %s (p=%.2f) %r; decoding as %s", info.language,
+                          info.language_probability, draft, fixed)
+                segments, info = self._decode(audio, fixed)   # the script is the evidence
 
         text = " ".join(s.text.strip() for s in segments).strip()
-        n_tokens = sum(max(1, len(s.tokens)) for s in segments)
-        logprob = (sum(s.avg_logprob * max(1, len(s.tokens)) for s in segments) / n_tokens
-                   if segments else -math.inf)
+        logprob = _logprob(segments)
         confidence = float(min(1.0, math.exp(logprob)) * lang_p) if segments else 0.0
         no_speech = max((s.no_speech_prob for s in segments), default=1.0)
         rms = float(np.sqrt(np.mean(audio ** 2)))

@@ -40,11 +40,12 @@ def test_english_question_with_tiny_en(tiny, question_en):
     assert tiny.hotwords == "Central Library"          # English-only model: Latin names only
 
 
-def test_korean_question_with_whisper_base_forced_to_korean(base, question_ko):
-    # espeak's robotic Korean: auto-detection hears Thai, so kiosks fix asr.language: ko.
-    t = base.transcribe(question_ko, language="ko")
-    assert "도서관" in t.text
-    assert t.language == "ko"
+def test_korean_question_with_whisper_base(base, question_ko):
+    forced = base.transcribe(question_ko, language="ko")
+    assert "도서관" in forced.text and forced.language == "ko"
+    # espeak's robotic Korean makes Whisper guess Japanese or Thai; the draft's script wins.
+    auto = base.transcribe(question_ko)
+    assert "도서관" in auto.text and auto.language == "ko" and auto.confidence > 0.2
 
 
 def test_auto_language_stays_within_the_kiosk_languages(base, question_en):
