@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_hardening_and_no_network():
 
 
 def test_unit_config_and_setup_script_agree():
-    env = dict(v.split("=", 1) for v in directives()["Environment"])
+    env = dict(a.split("=", 1) for v in directives()["Environment"] for a in shlex.split(v))
     config_path = env["CAMPUS_GUIDE_CONFIG"]
     setup = SETUP.read_text()
     assert "ETC=/etc/campus-guide" in setup and config_path == "/etc/campus-guide/config.yaml"
@@ -110,4 +111,5 @@ def test_unit_config_and_setup_script_agree():
     cfg = load_config(KIOSK)
     assert cfg.llm.model == "/var/lib/campus-guide/current/model.gguf" and cfg.llm.lora is None
     assert one("WorkingDirectory") == cfg.runtime.state_dir
+    assert env["XDG_CACHE_HOME"] == f"/var/cache/{one('CacheDirectory')}"   # writable under strict
     assert "sudo systemctl stop campus-guide && campus-guide demo" in UNIT.read_text()
