@@ -175,8 +175,9 @@ class VAD:
         tail = min(round(_TAIL_S / WINDOW_S), len(self._windows) - speech_end)
         keep = self._windows[:speech_end + tail]
         speech = sum(p >= self.cfg.threshold for p in self._probs[:speech_end])
-        start = self._start
+        start, after = self._start, self._windows[speech_end + tail:]
         self._close()
+        self._pre.extend(after)          # pre-roll for a visitor who goes on right away
         if speech * WINDOW_S < self.cfg.min_speech_s:
             return None
         return Utterance(np.concatenate(keep), start * WINDOW_S, (start + len(keep)) * WINDOW_S)

@@ -41,6 +41,20 @@ def test_finds_the_spoken_question(vad, question_en):
     assert np.array_equal(u.audio, question_en[start:start + len(u.audio)])
 
 
+def test_two_questions_in_a_row_each_keep_their_first_syllable(vad, question_en):
+    onset, offset = speech_span(question_en)
+    phrase = question_en[int(onset * SR):int(offset * SR)]
+    pause = np.zeros(int(0.6 * SR), np.float32)               # just over end_silence
+    x = np.concatenate([pause, phrase, pause, phrase, pause])
+    us = list(vad.utterances(FileSource(x)))
+    assert len(us) == 2
+    second_onset = (2 * len(pause) + len(phrase)) / SR
+    assert second_onset - 0.35 <= us[1].start_s <= second_onset - 0.2
+    for u in us:
+        start = round(u.start_s * SR)
+        assert np.array_equal(u.audio, x[start:start + len(u.audio)])
+
+
 def test_chunk_size_does_not_change_the_result(vad, question_en):
     whole = list(vad.utterances([question_en]))
     vad.reset()
