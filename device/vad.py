@@ -117,6 +117,11 @@ class VAD:
         self._silence = 0                            # trailing windows below the low threshold
         self._speaking = False
 
+    @property
+    def speaking(self) -> bool:
+        """An utterance is open (someone is talking now): the barge-in signal."""
+        return self._speaking
+
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability per 32-ms window of a whole 16-kHz clip, from a fresh state."""
         audio = np.asarray(audio, np.float32).reshape(-1)

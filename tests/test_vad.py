@@ -32,6 +32,16 @@ def test_finds_the_spoken_question(vad, question_en):
     assert probs[t < onset - 0.1].max() < 0.2
     assert np.median(probs[(t > onset + 0.2) & (t < offset - 0.2)]) > 0.8
 
+    seen = []
+
+    def watched():
+        for chunk in FileSource(question_en):
+            seen.append(vad.speaking)
+            yield chunk
+
+    list(vad.utterances(watched()))
+    assert any(seen) and not vad.speaking           # open mid-question (barge-in), closed after
+    vad.reset()
     (u,) = list(vad.utterances(FileSource(question_en)))
     assert not u.cut
     assert onset - 0.35 <= u.start_s <= onset            # pre-roll keeps the first syllable
