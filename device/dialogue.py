@@ -158,9 +158,10 @@ class Dialogue:
             self.history = (self.history + [Turn(question, answer)])[-self.cfg.dialogue.memory_turns:]
 
     def ask(self, question: str, lang: str | None = None) -> Reply:
-        """The reply to one question; `lang` is Whisper's language when it came from speech."""
+        """The reply to one question. `lang` (Whisper's language, or --lang) counts only when
+        the text itself does not tell: Whisper sometimes labels a Korean transcript "en"."""
         question = question.strip()
-        lang = lang if lang in ("ko", "en") else language_of(question)
+        lang = language_of(question, lang if lang in ("ko", "en") else "en")
         result = DialogueResult(question=question, lang=lang)
         history = self._memory()
         if is_garbage(question):

@@ -157,3 +157,12 @@ def test_real_model_answer_is_grounded_and_remembered(pipeline):
     assert "Question:" not in spoken and d.history[-1].answer == r.answer == spoken
     sentences, r = say(d, "도서관은 어디에 있나요?")
     assert r.lang == "ko" and "10" in " ".join(sentences) and len(d.history) == 2
+
+
+def test_transcript_script_beats_a_wrong_asr_language(kb, retriever):
+    """Whisper may label a Korean transcript "en"; the visitor still gets Korean."""
+    d, _ = make(kb, retriever, ScriptedLLM("중앙도서관은 10번 건물이에요."))
+    sentences, r = say(d, "도서관은 어디에 있나요?", lang="en")
+    assert r.lang == "ko" and r.kind == "llm" and sentences == ["중앙도서관은 10번 건물이에요."]
+    _, r = say(d, "???", lang="ko")
+    assert r.lang == "ko" and r.kind == "none"
