@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import threading
@@ -21,7 +20,9 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from campus_guide.cli import UserError
 from campus_guide.config import Config
+from device.pipeline import peak_rss_mb, rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -87,56 +88,26 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB."""
-    current = 0.0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return round(current, 1), round(max(peak, current), 1)
-
-
 def model_info(cfg: Config) -> dict[str, Any]:
-    """The LLM in use: its path, the bundle manifest beside it (a flashed board), else the
-    sha256 recorded by `models fetch` in models.json. Never hashes the weights at start-up."""
+    """The LLM in use: its path, the bundle's manifest.json beside it (a flashed board; the LLM
+    loader has checked the file against it), else the sha256 `models fetch` recorded in
+    models.json. The weights are never hashed here."""
     path = cfg.models_path(cfg.llm.model)
     real = path.resolve()
     info: dict[str, Any] = {"path": str(path), "resolved": str(real), "sha256": None}
-    docs = [real.parent / "manifest.json", Path(cfg.models_dir) / "models.json"]
-    for doc in filter(Path.is_file, docs):
-        try:
-            data = json.loads(doc.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            info["manifest_error"] = f"{doc}: {e}"
-            continue
-        if doc.name == "manifest.json":
-            info["manifest"] = data
-        key = os.path.relpath(real, Path(cfg.models_dir).resolve()) if doc.name == "models.json" else real.name
-        if info["sha256"] is None:
-            info["sha256"] = _find_sha(data, key)
+    manifest, sums = real.parent / "manifest.json", Path(cfg.models_dir) / "models.json"
+    try:
+        if manifest.is_file():
+            info["manifest"] = json.loads(manifest.read_text(encoding="utf-8"))
+            if info["manifest"].get("model_file") == real.name:
+                info["sha256"] = info["manifest"].get("sha256")
+        elif sums.is_file():
+            files = json.loads(sums.read_text(encoding="utf-8")).get("files", {})
+            name = os.path.relpath(real, Path(cfg.models_dir).resolve())
+            info["sha256"] = files.get(name, {}).get("sha256")
+    except (OSError, ValueError, AttributeError) as e:
+        info["manifest_error"] = f"{manifest if manifest.is_file() else sums}: {e}"
     return info
-
-
-def _find_sha(doc: Any, filename: str) -> str | None:
-    """The sha256 recorded for `filename` anywhere in a manifest: {filename: sha},
-    {filename: {"sha256": sha}} or {"path" (or any key): filename, "sha256": sha}."""
-    if isinstance(doc, list):
-        return next((s for item in doc if (s := _find_sha(item, filename))), None)
-    if not isinstance(doc, dict):
-        return None
-    entry = doc.get(filename)
-    if isinstance(entry, dict):
-        entry = entry.get("sha256")
-    if isinstance(entry, str):
-        return entry
-    names = {Path(v).name for v in doc.values() if isinstance(v, str)}
-    if isinstance(doc.get("sha256"), str) and filename in names:
-        return doc["sha256"]
-    return next((s for v in doc.values() if (s := _find_sha(v, filename))), None)
 
 
 @dataclass
@@ -169,15 +140,16 @@ class StatusWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OSError(f"{self.path.parent}: cannot create the state folder ({e}); "
-                          "set runtime.state_dir to a writable folder") from None
+            raise UserError(f"{self.path.parent}: cannot create the state folder ({e}); "
+                            "set runtime.state_dir to a writable folder") from None
         self.update()
 
     def update(self, **changes: Any) -> None:
         with self._lock:
             for key, value in changes.items():
                 setattr(self.status, key, value)
-            self.status.rss_mb, self.status.peak_rss_mb = rss_mb()
+            self.status.rss_mb = round(rss_mb(), 1)
+            self.status.peak_rss_mb = round(max(peak_rss_mb(), self.status.rss_mb), 1)
             self.status.updated = _now()
             tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(asdict(self.status), indent=2, ensure_ascii=False) + "\n",
@@ -197,8 +169,8 @@ class StatusWriter:
             "timings": {k: round(float(v), 3) for k, v in timings.items() if v is not None},
         })
 
-    def error(self, message: str, kind: str = "error") -> None:
-        self.update(last_error={"at": _now(), "type": kind, "message": message[-2000:]})
+    def error(self, message: str, kind: str = "error", **changes: Any) -> None:
+        self.update(last_error={"at": _now(), "type": kind, "message": message[-2000:]}, **changes)
 
 
 class _ErrorsToStatus(logging.Handler):
@@ -223,7 +195,7 @@ def read_status(state_dir: str | os.PathLike) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete it, the kiosk rewrites it") from None
+        raise UserError(f"{path}: not valid JSON ({e}); delete it, the kiosk rewrites it") from None
 
 
 def _open_audio(cfg: Config, pipeline: Any) -> tuple[Any, Any]:
@@ -256,15 +228,9 @@ class ServiceError(RuntimeError):
 
 def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event | None = None) -> int:
     """The kiosk under systemd: budget check, load every model, READY=1, then listen until
-    SIGTERM. The watchdog is fed from the audio loop's tick, so a hung loop gets restarted."""
-    from campus_guide.cli import UserError
+    SIGTERM. The watchdog is fed from the audio loop's tick, so a hung loop gets restarted.
+    Whatever stops it ends up in status.json for `campus-guide status`."""
     from device.budget import plan_for_config
-
-    plan = plan_for_config(cfg)
-    if plan.over:
-        raise UserError(f"the models need more memory than the budget allows; refusing to start.\n"
-                        f"{plan.table()}\nUse a smaller model or n_ctx, or raise budget.total_gb "
-                        f"(and MemoryMax= in the unit) if the board really has the room.")
 
     seams = (seams or Seams()).resolved()
     stop = stop or threading.Event()
@@ -281,14 +247,19 @@ def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event |
         notifier.status(f"listening; {writer.status.turns} turns served")
 
     try:
+        plan = plan_for_config(cfg)
+        if plan.over:
+            raise UserError(f"the models need more memory than the budget allows; refusing to "
+                            f"start.\n{plan.table()}\nUse a smaller model or n_ctx, or raise "
+                            f"budget.total_gb (and MemoryMax= in the unit) if the board has the room.")
         with ExitStack() as resources:
             notifier.status("loading models")
-            log.info("loading models (plan %.2f GB of a %.2f GB budget)", plan.total_gb, plan.budget_gb)
+            log.info("loading models (plan %.2f of a %.2f GiB budget)", plan.total_gb, plan.budget_gb)
             pipeline = seams.pipeline(cfg)
             resources.callback(getattr(pipeline, "close", lambda: None))
             mic, speaker = seams.audio(cfg, pipeline)
-            for device in (mic, speaker):
-                resources.callback(getattr(device, "close", lambda: None))
+            for part in (mic, speaker):
+                resources.callback(getattr(part, "close", lambda: None))
             writer.update(state="ready")
             notifier.ready("listening; 0 turns served")
             log.info("ready: listening")
@@ -299,8 +270,7 @@ def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event |
         log.info("stopped after %d turns", writer.status.turns)
         return 0
     except BaseException as e:
-        writer.error(f"{type(e).__name__}: {e}", kind="fatal")
-        writer.update(state="failed")
+        writer.error(f"{type(e).__name__}: {e}", kind="fatal", state="failed")
         raise
     finally:
         notifier.stopping()

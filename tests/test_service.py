@@ -235,6 +235,8 @@ def test_run_service_refuses_over_budget_before_loading(models_dir, tmp_path, no
     assert "LLM KV cache" in str(e.value)                    # the table is in the error
     notify.receive(lambda t: False, timeout=0.3)
     assert not any(m.startswith("READY=1") for m in notify.texts)
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["state"] == "failed" and "OVER BUDGET" in status["last_error"]["message"]
 
 
 class FakeSpeaker:
