@@ -114,8 +114,6 @@ class Guard:
 
     def check(self, sentence: str) -> str | None:
         """None if the sentence may be spoken, else the reason it may not."""
-        if _SCAFFOLD.search(sentence):
-            return f"prompt echoed in {sentence!r}"
         if _LETTER.search(sentence) and language_of(sentence, self.lang) != self.lang:
             return f"wrong language in {sentence!r}"
         for n in _numbers(sentence):
@@ -204,8 +202,8 @@ class Dialogue:
                 sentence = clean_answer(sentence).lstrip("-*• ")   # a list marker is not spoken
                 if not sentence:
                     continue
-                if sentence in spoken:      # a small model looping: the answer is over
-                    break
+                if sentence in spoken or _SCAFFOLD.search(sentence):
+                    break                   # looping, or writing the next question: it is over
                 result.guard = guard.check(sentence)
                 if result.guard:
                     break

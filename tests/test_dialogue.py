@@ -97,7 +97,6 @@ def test_grounded_answer_passes_unchanged(kb, retriever):
     ("The library is building 10. It is right next to Smith Hall.", "Smith Hall"),
     ("The library is building 99, north of the lawn.", "99"),
     ("The library is building 10, beside the Swimming Pool.", "Swimming Pool"),
-    ("The library is building 10.\n\nQuestion: Where is the gym?", "prompt echoed"),
 ])
 def test_guard_replaces_an_invented_building_before_it_is_spoken(kb, retriever, invented, why):
     d, _ = make(kb, retriever, ScriptedLLM(invented))
@@ -106,6 +105,13 @@ def test_guard_replaces_an_invented_building_before_it_is_spoken(kb, retriever, 
     assert r.kind == "fallback" and why.lower() in r.guard.lower()
     assert why not in spoken and "10" in spoken and "Central Library" in spoken
     assert r.answer == spoken and r.sources == ["library"]
+
+
+@pytest.mark.parametrize("tail", ["\n\nQuestion: Where is the gym?", " The library is building 10."])
+def test_an_answer_that_runs_on_ends_where_it_repeats_or_echoes_the_prompt(kb, retriever, tail):
+    d, _ = make(kb, retriever, ScriptedLLM("The library is building 10." + tail))
+    sentences, r = say(d, "Where is the library?")
+    assert sentences == ["The library is building 10."] and r.kind == "llm"
 
 
 def test_guard_wrong_language_and_missing_key_fact(kb, retriever):
