@@ -60,7 +60,7 @@ def _status(args) -> int:
     print(f"model:      {model.get('resolved') or model.get('path')}")
     print(f"sha256:     {model.get('sha256') or 'not recorded'}")
     if manifest:
-        print(f"manifest:   " + ", ".join(f"{k}={v}" for k, v in manifest.items()
+        print("manifest:   " + ", ".join(f"{k}={v}" for k, v in manifest.items()
                                           if isinstance(v, (str, int, float)))[:300])
     print(f"turns:      {status['turns']}")
     if last:
@@ -68,7 +68,7 @@ def _status(args) -> int:
         print(f"last turn:  {last['at']} [{last.get('kind')}, {last.get('language')}]  {timings}")
     print(f"memory:     {status['rss_mb']:.0f} MiB resident, peak {status['peak_rss_mb']:.0f} MiB "
           f"(at {status['updated']})")
-    print(f"last error: " + (f"{error['at']} {error['type']}: {error['message']}" if error else "none"))
+    print("last error: " + (f"{error['at']} {error['type']}: {error['message']}" if error else "none"))
     return 0 if ready else 3
 
 
@@ -122,7 +122,7 @@ def register(sub) -> None:
 
     status = sub.add_parser("status", help="is the kiosk up; model, turns, memory, last error",
                             description="Reads runtime.state_dir/status.json (no network port) and "
-                                        "asks systemd. Exit 0 when the kiosk is up, 3 when not.")
+                                        "asks systemd. Exit 0 when the kiosk is ready, 3 when not.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
 
@@ -130,9 +130,10 @@ def register(sub) -> None:
                             description="Plans memory from the actual model files and config; "
                                         "exits 1 above budget.total_gb.")
     budget.add_argument("--json", action="store_true", help="print JSON")
-    budget.add_argument("--production", action="store_true",
-                        help="the plan for the Jetson target (Gemma-2 2B Q4_K_M) from known shapes")
-    budget.add_argument("--measure", metavar="WAV", nargs="?", const=str(PACKAGE_DATA / "question_en.wav"),
-                        help="also load the real pipeline, answer WAV (default: the bundled "
-                             "question) and compare the plan with the measured peak RSS")
+    what = budget.add_mutually_exclusive_group()
+    what.add_argument("--production", action="store_true",
+                      help="the plan for the Jetson target (Gemma-2 2B Q4_K_M) from known shapes")
+    what.add_argument("--measure", metavar="WAV", nargs="?", const=str(PACKAGE_DATA / "question_en.wav"),
+                      help="also load the real pipeline, answer WAV (default: the bundled "
+                           "question) and compare the plan with the measured peak RSS")
     budget.set_defaults(func=_budget)
