@@ -188,6 +188,9 @@ sys.exit(0 if llama_cpp.__version__ == sys.argv[1] and llama_cpp.llama_supports_
 PY
         skip "$pin with CUDA"
     else
+        if [[ $DRY_RUN == 0 && ! -x /usr/local/cuda/bin/nvcc ]]; then
+            die "no CUDA compiler at /usr/local/cuda/bin/nvcc; install JetPack's CUDA toolkit (sudo apt-get install nvidia-jetpack) and run this again"
+        fi
         run env CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=87" \
             CUDACXX=/usr/local/cuda/bin/nvcc CMAKE_BUILD_PARALLEL_LEVEL=4 \
             "$VENV/bin/pip" install --no-cache-dir --force-reinstall --no-deps "$pin"
