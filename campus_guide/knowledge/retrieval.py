@@ -113,9 +113,10 @@ def jamo(text: str) -> str:
     return "".join(out)
 
 
-def substring_distance(pattern: str, text: str) -> tuple[int, int, int]:
+def substring_distance(pattern: str, text: str, limit: int | None = None) -> tuple[int, int, int]:
     """Fewest edits (insert, delete, substitute, swap two neighbours) turning `pattern` into
-    some substring text[start:end]: (edits, start, end)."""
+    some substring text[start:end]: (edits, start, end). With `limit`, gives up early
+    (returning limit + 1) once every alignment needs more edits than that."""
     n = len(text)
     prev2: list[int] = []
     prev, prev_start = [0] * (n + 1), list(range(n + 1))
@@ -129,6 +130,8 @@ def substring_distance(pattern: str, text: str) -> tuple[int, int, int]:
             cur[j], cur_start[j] = best
         prev2, prev2_start = prev, prev_start
         prev, prev_start = cur, cur_start
+        if limit is not None and min(cur) > limit and min(prev2) >= limit:
+            return limit + 1, 0, 0
     end = min(range(n + 1), key=lambda j: (prev[j], -j))
     return prev[end], prev_start[end], end
 
@@ -326,13 +329,15 @@ class Retriever:
                     found.append(_Match(f.entry, f.weight, f.why, f.text,
                                         latin_pos[pos], latin_pos[pos + len(f.key)]))
                     continue
-            if len(f.units) < SHORT_FORM or len(f.grams & grams_q) < max(1, len(f.grams) // 3):
+            limit = _max_edits(f)
+            # each edit breaks at most three letter pairs: fewer shared pairs cannot be a near match
+            if len(f.units) < SHORT_FORM or len(f.grams & grams_q) < max(1, len(f.grams) - 3 * limit):
                 continue
-            edits, a, b = substring_distance(f.units, units_q if f.hangul else norm)
+            edits, a, b = substring_distance(f.units, units_q if f.hangul else norm, limit)
             sim = 1 - edits / len(f.units)
             # an English slip keeps the start of the word: "ower" inside "showers" is not "tower"
             word_start = f.hangul or a == 0 or norm[a - 1] == " "
-            if sim >= FUZZY_FLOOR and edits <= _max_edits(f) and word_start:
+            if sim >= FUZZY_FLOOR and edits <= limit and word_start:
                 start, end = (unit_pos[a], unit_pos[b]) if f.hangul else (latin_pos[a], latin_pos[b])
                 why = "fuzzy" if f.why == "alias" else f.why
                 found.append(_Match(f.entry, sim * FUZZY_WEIGHT * f.weight, why, f.text, start, end))
