@@ -8,6 +8,7 @@ tokenizer for the chat format) before anyone quantizes or ships it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -62,13 +63,26 @@ class GGUFInfo:
         return self.weights_bytes + self.kv_cache_bytes(n_ctx)
 
 
-def read_gguf(path: str | Path) -> GGUFInfo:
-    """Metadata of a GGUF file (PyPI gguf-py reads every version llama.cpp writes)."""
-    from gguf import GGUFReader, LlamaFileType, TokenType
+_read_cache: dict[tuple[str, int, int], GGUFInfo] = {}
 
+
+def read_gguf(path: str | Path) -> GGUFInfo:
+    """Metadata of a GGUF file (PyPI gguf-py reads every version llama.cpp writes). gguf-py
+    parses a 262k-token vocabulary slowly (tens of seconds here), so results are cached per file
+    version."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such GGUF file")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _read_cache:
+        _read_cache[key] = _read(path)
+    return dataclasses.replace(_read_cache[key], path=str(path))
+
+
+def _read(path: Path) -> GGUFInfo:
+    from gguf import GGUFReader, LlamaFileType, TokenType
+
     try:
         r = GGUFReader(path)
     except Exception as e:  # gguf-py raises ValueError/struct errors/numpy errors on junk
@@ -79,11 +93,14 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         return f.contents() if f is not None else default
 
     arch = get("general.architecture", "")
-    tokens = get("tokenizer.ggml.tokens", [])
-    types = get("tokenizer.ggml.token_type", [])
+    tokens = r.fields.get("tokenizer.ggml.tokens")
+    types = r.fields.get("tokenizer.ggml.token_type")
 
     def tok_id(text: str) -> int | None:
-        return tokens.index(text) if text in tokens else None
+        """Find a token by its text without decoding the whole vocabulary."""
+        b = text.encode()
+        return next((k for k, i in enumerate(tokens.data if tokens else ())
+                     if tokens.parts[i].size == len(b) and tokens.parts[i].tobytes() == b), None)
 
     eot = tok_id(prompt.END_OF_TURN)
     ft = get("general.file_type")
@@ -98,11 +115,12 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         block_count=int(get(f"{arch}.block_count", 0)), embedding_length=int(emb),
         head_count_kv=int(heads_kv if not isinstance(heads_kv, list) else max(heads_kv)),
         key_length=int(key_len), value_length=int(get(f"{arch}.attention.value_length", key_len)),
-        vocab_size=len(tokens),
+        vocab_size=len(tokens.data) if tokens else 0,
         bos_id=get("tokenizer.ggml.bos_token_id"), add_bos=bool(get("tokenizer.ggml.add_bos_token", False)),
         eos_id=get("tokenizer.ggml.eos_token_id"),
         start_of_turn_id=tok_id(prompt.START_OF_TURN), end_of_turn_id=eot,
-        end_of_turn_type=TokenType(types[eot]).name if eot is not None and eot < len(types) else None,
+        end_of_turn_type=(TokenType(int(types.parts[types.data[eot]][0])).name
+                          if types is not None and eot is not None and eot < len(types.data) else None),
         chat_template=get("tokenizer.chat_template"),
         tensor_types=dict(Counter(t.tensor_type.name for t in r.tensors)),
         weights_bytes=int(sum(int(t.n_bytes) for t in r.tensors)),

@@ -84,7 +84,8 @@ def _numbers(text: str) -> tuple[str, ...]:
 def load_eval_items(path: str | Path) -> list[EvalItem]:
     """JSONL, one item a line: either `prompt` (already rendered) or `question` [+ `facts`,
     `lang`], then `answer` (or `reference`), and optional `expect` (strings a correct answer
-    contains; default: the numbers in the answer). The training dataset's held-out split fits."""
+    contains; default: the numbers in the answer, or the whole fixed "don't know" answer).
+    The training dataset's test.jsonl fits as is."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: evaluation prompts not found (JSONL, one item a line)")
@@ -100,7 +101,8 @@ def load_eval_items(path: str | Path) -> list[EvalItem]:
                 raise KeyError("answer")
         except (json.JSONDecodeError, KeyError, ValueError) as e:
             raise ExportError(f"{path}:{n}: need 'prompt' or 'question', and 'answer' ({e})") from None
-        items.append(EvalItem(text, ref, tuple(d.get("expect") or _numbers(ref))))
+        fixed = ref in (*prompt.UNKNOWN.values(), *prompt.REDIRECT.values())   # must be said as taught
+        items.append(EvalItem(text, ref, tuple(d.get("expect") or ((ref,) if fixed else _numbers(ref)))))
     if not items:
         raise ExportError(f"{path}: no evaluation items")
     return items
