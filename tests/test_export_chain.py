@@ -73,3 +73,45 @@ def test_bundle_records_and_refuses_corruption(chain, tmp_path):
         f.write(bytes([b[0] ^ 1]))
     with pytest.raises(BundleError, match="checksum .* re-flash or re-export"):
         verify_bundle(tmp_path / "b")
+
+
+def test_lora_adapter_converts_and_loads_in_llama_cpp(chain, tmp_path):
+    """convert_lora: the route the shipped campus adapter takes (PEFT folder -> GGUF adapter)."""
+    import torch
+    from llama_cpp import Llama
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from export.llamacpp import convert_lora
+
+    tmp, f16, _, _ = chain
+    model = AutoModelForCausalLM.from_pretrained(tmp / "merged")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    out = convert_lora(tmp_path / "adapter", tmp / "merged" / "config.json", tmp_path / "lora.gguf")
+    assert read_gguf(out).architecture == "gemma3"
+    ids = [prompt.BOS_ID, 106, 200, 300]
+    logits = []
+    for lora in (None, str(out)):
+        llm = Llama(model_path=str(f16), lora_path=lora, n_ctx=64, logits_all=True, n_threads=1, verbose=False)
+        llm.eval(ids)
+        logits.append(torch.tensor(llm.scores[len(ids) - 1]))
+        llm.close()
+    assert not torch.allclose(logits[0], logits[1])        # the adapter really changes the model
+
+
+def test_cli_refuses_a_broken_folder_and_bundles(chain, tmp_path, capsys):
+    from campus_guide.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["export", "gguf", str(tmp_path / "empty"), "--out", str(tmp_path / "g")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    tmp, _, _, report = chain
+    q8 = next(x for x in report.results if x.name == "Q8_0")
+    assert main(["export", "bundle", q8.path, "--out", str(tmp_path / "b"),
+                 "--eval-report", str(tmp / "quant" / "quant_report.json")]) == 0
+    assert '"quant_type": "Q8_0"' in capsys.readouterr().out
+    assert verify_bundle(tmp_path / "b").eval["top1"] == q8.top1
+    assert main(["export", "bundle", q8.path, "--out", str(tmp_path / "b")]) == 2   # not empty
+    assert "not empty" in capsys.readouterr().err
