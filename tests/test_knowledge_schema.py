@@ -145,6 +145,8 @@ DELETE = object()
      "graph.edges[2] (hall_a–hall_a): to: an edge must join two different nodes"),
     ({"places__0__metres": 5},
      "places[0] (id=main_gate): metres: only for off-campus places"),
+    ({"buildings__1__aliases": ["hall a"]},
+     "buildings (id=hall_b): aliases: 'hall a' also names 'hall_a'"),
     ({"buildings__0__id": "Hall A"},
      "buildings[0] (id=Hall A): id: 'Hall A' must be lowercase letters, digits and _"),
 ])

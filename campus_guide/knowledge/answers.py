@@ -85,19 +85,32 @@ def route_answer(kb: KnowledgeBase, route: Route, lang: str) -> str:
     if not route.steps:
         return f"이미 {dest}에 있습니다." if ko else f"You are already at {dest}."
     origin = route.origin_name[lang]
+    first, middle, last = route.steps[0], route.steps[1:-1], route.steps[-1]
     if ko:
-        parts = [s.text.ko.removesuffix("가세요.") + "간 뒤" for s in route.steps[:-1]]
-        parts.append(route.steps[-1].text.ko)
-        s = f"{origin}에서 {dest}까지는 " + ", ".join(parts) + \
-            f" 약 {route.metres}m, 걸어서 {route.minutes}분 정도입니다."
+        parts = [_then_ko(s) for s in route.steps[:-1]]
+        if len(middle) >= 2:  # the landmarks in between, so the sentence stays speakable
+            past = [s.to_name.ko for s in middle[:-1]]
+            parts = [_then_ko(first), f"{', '.join(past)}{'을' if has_batchim(past[-1]) else '를'} 지나 "
+                                      f"{middle[-1].to_name.ko}까지 간 뒤"]
+        body = ", ".join(parts + [last.text.ko]) if len(route.steps) > 1 else last.text.ko
+        s = f"{origin}에서 {dest}까지는 {body} 약 {route.metres}m, 걸어서 {route.minutes}분 정도입니다."
     else:
         parts = [_lower_first(s.text.en.rstrip(".")) for s in route.steps]
+        if len(middle) >= 2:
+            past = [s.to_name.en for s in middle[:-1]]
+            listed = past[0] if len(past) == 1 else ", ".join(past[:-1]) + " and " + past[-1]
+            parts = [parts[0], f"continue past {listed} to {middle[-1].to_name.en}", parts[-1]]
         walk = ", then ".join(parts)
         s = f"From {origin} to {dest}, {walk}. It is about {route.metres} m, {route.minutes} minutes on foot."
     if route.transit:
         s += (" 걷기에는 멀어서 대중교통을 추천합니다: " if ko else " It is a long walk, so consider transit: ") \
              + route.transit[lang]
     return s
+
+
+def _then_ko(step) -> str:
+    """'... 분수광장까지 가세요.' -> '... 분수광장까지 간 뒤' (joins steps into one sentence)."""
+    return step.text.ko.removesuffix("가세요.") + "간 뒤"
 
 
 def _lower_first(text: str) -> str:

@@ -131,8 +131,7 @@ def find_route(kb: KnowledgeBase, from_id: str, to_id: str) -> Route:
     steps: list[Step] = []
     if origin_place and from_id != to_id:
         gate = kb.graph.nodes[start]
-        steps.append(Step(Text(f"{origin_place.name.ko}에서 {gate.ko}까지 걸어가세요.",
-                               f"From {origin_place.name.en}, walk to {gate.en}."),
+        steps.append(Step(Text(f"{gate.ko}까지 걸어가세요.", f"Walk to {gate.en}."),
                           start, gate, origin_place.metres, origin_place.minutes))
     if from_id != to_id:
         for node, edge in shortest_path(kb, start, goal)[1:]:

@@ -170,7 +170,7 @@ class KnowledgeBase:
             gate = self.name(e.gate, lang)
             parts = [f"{self.category(e, lang)}, {gate}에서 {e.metres:g}m (도보 {e.minutes:g}분)" if ko else
                      f"{self.category(e, lang)}, {e.metres:g} m ({e.minutes:g} min walk) from the {gate}",
-                     e.directions[lang]]
+                     f"{e.directions.ko} 가세요" if ko else e.directions.en]
             if e.transit:
                 parts.append(e.transit[lang])
         else:
@@ -296,6 +296,7 @@ def load_kb(path: str | Path) -> KnowledgeBase:
     buildings = _buildings(c, top["buildings"], categories, claim)
     places = _places(c, top["places"], categories, claim)
     graph = _graph(c, top["graph"], buildings, places, claim)
+    _check_names_unique(c, buildings, places)
     if not c.errors:
         _check_connected(c, graph, buildings, places)
     if c.errors:
@@ -437,6 +438,18 @@ def _graph(c: _Checker, raw: Any, buildings: list[Building], places: list[Place]
         if p.off_campus and p.gate not in nodes:
             c.error(f"places (id={p.id})", "from", f"unknown gate or graph node {p.gate!r}")
     return Graph(nodes, edges)
+
+
+def _check_names_unique(c: _Checker, buildings: list[Building], places: list[Place]) -> None:
+    """A name or alias that means two entries makes "where is X?" a coin toss."""
+    owner: dict[str, str] = {}
+    for section, items in (("buildings", buildings), ("places", places)):
+        for e in items:
+            for text in dict.fromkeys((e.name.ko, e.name.en, *e.aliases)):
+                key = "".join(text.lower().split())
+                if owner.setdefault(key, e.id) != e.id:
+                    c.error(f"{section} (id={e.id})", "aliases", f"{text!r} also names {owner[key]!r}; "
+                                                                  f"keep each name and alias unique")
 
 
 def _check_connected(c: _Checker, graph: Graph, buildings: list[Building], places: list[Place]) -> None:
