@@ -226,6 +226,9 @@ class Flasher:
             res.ok = True
         except StepFailed as e:
             res.step, res.message = e.step, e.message
+        except Exception as e:                  # one board's surprise must not hide the others' results
+            log.exception("%s: unexpected error", self.board.host)
+            res.step, res.message = "unexpected", f"{type(e).__name__}: {e}"
         finally:
             self.bar.close()
             self.board.close()
@@ -265,9 +268,11 @@ class Flasher:
             ok, why = b.healthy()
             if not ok:
                 raise StepFailed("health", f"the kiosk is not healthy after {self.opts.health_timeout_s:.0f} s: {why}")
-        except StepFailed as e:
+        except BaseException as e:             # whatever went wrong (even Ctrl-C): previous model back
             res.current = self._roll_back(res.previous, failed=m.name)
             res.action = "rolled back" if res.current else "failed, no previous model"
+            if not isinstance(e, StepFailed):
+                raise
             raise StepFailed(e.step, e.message + f"; board back on {res.current or 'no model'}") from None
         self._step("prune")
         self._prune(probe.history + [m.name], set(probe.bundles) | {m.name})
@@ -404,6 +409,8 @@ def flash(bundle_dir: str | Path, hosts: list[str], opts: FlashOptions) -> list[
     """Flash the bundle to every host in parallel; one result per host."""
     if not hosts:
         raise ExportError("give at least one --host user@board")
+    if opts.keep < 1:
+        raise ExportError(f"--keep {opts.keep}: keep at least 1 bundle (the current one)")
     bundle_dir = Path(bundle_dir)
     m = verify_bundle(bundle_dir, progress="checking bundle")   # never upload a broken bundle
     return _parallel(hosts, lambda h, i: Flasher(bundle_dir, m, h, opts, i).run())
