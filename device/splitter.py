@@ -63,24 +63,35 @@ def _run_on_cut(buf: str, max_chars: int) -> int:
     return max_chars
 
 
-def _take(buf: str, max_chars: int, final: bool) -> int | None:
+def _take(buf: str, max_chars: int, final: bool, first_chars: int | None) -> int | None:
     end = _sentence_end(buf, final)
     if (end is None or end > max_chars) and len(buf) > max_chars:
         return _run_on_cut(buf, max_chars)
+    if first_chars and (end is None or end > first_chars) and len(buf) > first_chars:
+        k = max(buf.rfind(m, 0, first_chars) for m in CLAUSE_MARKS)
+        if k > first_chars // 3:
+            return k + 1
     return len(buf) if end is None and final else end
 
 
-def split_sentences(pieces: Iterable[str], max_chars: int = 160) -> Iterator[str]:
-    """Yield each sentence as soon as it is complete, stripped; flush the rest at the end."""
+def split_sentences(pieces: Iterable[str], max_chars: int = 160,
+                    first_chars: int | None = None) -> Iterator[str]:
+    """Yield each sentence as soon as it is complete, stripped; flush the rest at the end.
+
+    `first_chars`: a long first sentence is cut at a clause mark (comma, semicolon, colon)
+    before this length, so the first audio needs less decoding and less synthesis.
+    """
     buf = ""
     for piece in pieces:
         buf += piece
-        while (end := _take(buf, max_chars, final=False)) is not None:
+        while (end := _take(buf, max_chars, False, first_chars)) is not None:
             sentence, buf = buf[:end].strip(), buf[end:]
             if sentence:
+                first_chars = None
                 yield sentence
     while buf.strip():
-        end = _take(buf, max_chars, final=True)
+        end = _take(buf, max_chars, True, first_chars)
         sentence, buf = buf[:end].strip(), buf[end:]
         if sentence:
+            first_chars = None
             yield sentence

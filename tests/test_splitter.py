@@ -5,9 +5,9 @@ import time
 from device.splitter import split_sentences
 
 
-def split(text, max_chars=160, piece=None):
+def split(text, max_chars=160, piece=None, first_chars=None):
     pieces = [text] if piece is None else [text[i:i + piece] for i in range(0, len(text), piece)]
-    return list(split_sentences(pieces, max_chars))
+    return list(split_sentences(pieces, max_chars, first_chars))
 
 
 def test_english_sentences_and_non_ends():
@@ -73,3 +73,16 @@ def test_slow_pieces_do_not_cut_sentences():
             yield ch
 
     assert list(split_sentences(trickle(), 160)) == ["Go north.", "Then turn left."]
+
+
+def test_a_long_first_sentence_is_cut_early_at_a_clause_mark():
+    text = ("Central Library: building 10, north of the Central Lawn, facing the Clock Tower; "
+            "open weekdays 08:00-23:00. It has a cafe, copiers and reading rooms.")
+    assert split(text, first_chars=60, piece=3) == [
+        "Central Library: building 10, north of the Central Lawn,",
+        "facing the Clock Tower; open weekdays 08:00-23:00.",
+        "It has a cafe, copiers and reading rooms."]
+    assert split("Short one, really. Then, another.", first_chars=60) == [
+        "Short one, really.", "Then, another."]
+    assert split("no clause marks at all in this first sentence here.", first_chars=20) == [
+        "no clause marks at all in this first sentence here."]
