@@ -27,7 +27,7 @@ def _systemd_state() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     state = out.stdout.strip()
-    # "offline": systemctl exists but no systemd runs (a container): no information.
+    # systemctl without a running systemd (a container) says nothing useful.
     return state if state and state != "offline" and "System has not been booted" not in out.stderr else None
 
 
@@ -46,8 +46,9 @@ def _status(args) -> int:
         print(json.dumps({"ready": ready, "up": up, "systemd": unit, "status": status},
                          indent=2, ensure_ascii=False))
         return 0 if ready else 3
-    print(f"kiosk:      {'READY' if ready else 'UP, not ready' if up else 'DOWN'}"
-          + (f" (systemd: {unit})" if unit else ""))
+    starting = unit == "activating" or (unit is None and alive and status.get("state") == "starting")
+    label = "READY" if ready else "STARTING (loading models)" if starting else "UP, not ready" if up else "DOWN"
+    print(f"kiosk:      {label}" + (f" (systemd: {unit})" if unit else ""))
     if status is None:
         print(f"status:     no {Path(cfg.runtime.state_dir) / 'status.json'} yet: the kiosk has not "
               f"run with this config (runtime.state_dir)")

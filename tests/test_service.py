@@ -299,7 +299,16 @@ def write_config(tmp_path: Path, state: Path) -> Path:
     return cfg
 
 
-def test_status_command_reports_the_kiosk(tmp_path, capsys):
+@pytest.fixture
+def no_systemd(monkeypatch):
+    """Whether the machine running the tests boots with systemd must not change the answers."""
+    import device.appliance_cli as cli
+
+    monkeypatch.setattr(cli, "_systemd_state", lambda: None)
+    return monkeypatch
+
+
+def test_status_command_reports_the_kiosk(tmp_path, capsys, no_systemd):
     state = tmp_path / "state"
     w = StatusWriter(state, Status(model={"path": "/b/model.gguf", "sha256": "c0ffee" * 10}))
     w.update(state="ready", turns=3, last_turn={"at": "2026-01-01T00:00:00+00:00", "kind": "llm",
@@ -315,12 +324,19 @@ def test_status_command_reports_the_kiosk(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["ready"] is True and data["status"]["turns"] == 3
 
+    import device.appliance_cli as cli
+
+    no_systemd.setattr(cli, "_systemd_state", lambda: "activating")   # restarted, still loading
+    assert main(["--config", str(cfg), "status"]) == 3
+    assert "STARTING (loading models) (systemd: activating)" in capsys.readouterr().out
+    no_systemd.setattr(cli, "_systemd_state", lambda: None)
+
     w.update(state="failed", last_error={"at": "now", "type": "fatal", "message": "CUDA OOM"})
     assert main(["--config", str(cfg), "status"]) == 3
     assert "CUDA OOM" in capsys.readouterr().out
 
 
-def test_status_command_when_the_kiosk_never_ran_or_died(tmp_path, capsys):
+def test_status_command_when_the_kiosk_never_ran_or_died(tmp_path, capsys, no_systemd):
     state = tmp_path / "state"
     cfg = write_config(tmp_path, state)
     assert main(["--config", str(cfg), "status"]) == 3
