@@ -141,3 +141,18 @@ def test_verify_bundle_refuses_missing_or_garbled_manifest(tmp_path):
     (d / MANIFEST_FILE).unlink()
     with pytest.raises(BundleError, match="not a model bundle"):
         verify_bundle(d)
+
+
+def test_converter_unpacks_only_what_it_needs(tmp_path, monkeypatch):
+    from export import llamacpp
+
+    llamacpp.llama_cpp_dir()                                    # the real cache (downloads once)
+    tarball = llamacpp.cache_dir() / llamacpp.SDIST
+    monkeypatch.setenv(llamacpp.ENV_CACHE, str(tmp_path))
+    (tmp_path / llamacpp.SDIST).symlink_to(tarball)
+    d = llamacpp.llama_cpp_dir()
+    assert d == tmp_path / f"llama.cpp-{llamacpp.LLAMA_CPP_VERSION}"
+    assert sorted(p.name for p in d.iterdir()) == ["LICENSE", "conversion", "convert_hf_to_gguf.py",
+                                                   "convert_lora_to_gguf.py", "gguf-py"]
+    assert (d / "gguf-py" / "gguf" / "constants.py").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [d.name, llamacpp.SDIST]   # no temp left
