@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 extras=${1:-device,models}
 
 apt_pkgs=(libportaudio2 espeak-ng sox)
-[[ $extras == *dev* ]] && apt_pkgs+=(openssh-server openssh-client shellcheck systemd)
+[[ $extras == *dev* ]] && apt_pkgs+=(openssh-server openssh-client shellcheck systemd sudo)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
