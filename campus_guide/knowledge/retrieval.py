@@ -1,6 +1,6 @@
 """Question -> the knowledge-base entries (and route) that answer it, with 0..1 scores.
 
-Three signals, each with a reason a person can check (`Hit.why`):
+Four signals, each with a reason a person can check (`Hit.why`):
   alias      a name, alias or building number appears in the question ("도서관", "Eng Bldg 1")
   fuzzy      a name nearly appears: edit distance on letters, and on jamo for Hangul, so that
              ASR slips like "enginering" or "도서간" (관->간 is one jamo) still match
@@ -43,11 +43,10 @@ PASSAGE_VERSION = "2"   # bump when the passage text changes (cache key)
 _ROUTE = re.compile(
     r"how (do|can|should|would) (i|we|you) (get|go|walk)|how to (get|go)|way to|directions?|route|"
     r"walk(ing)? (to|from)|take me|guide me|navigate|get (to|there)|"
-    r"가는\s*길|가는\s*법|가는\s*방법|어떻게\s*가|가려면|길\s*(좀\s*)?(안내|알려)|찾아가|가\s*는\s*길|경로"
+    r"가는\s*길|가는\s*법|가는\s*방법|어떻게\s*가|가려면|길\s*(좀\s*)?(안내|알려)|찾아가|경로"
 )
 _HERE = re.compile(r"여기|이곳|현재\s*위치|지금\s*위치|\bhere\b|where i am")
 _FROM_KO = ("에서부터", "에서", "부터")
-_FROM_EN = re.compile(r"\bfrom\b")
 _PUNCT = re.compile(r"[^\w\s]|_")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
