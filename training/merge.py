@@ -57,13 +57,22 @@ def write_tokenizer_files(out_dir: Path, sp_bytes: bytes) -> None:
     cfg_file.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
-def write_generation_config(out_dir: Path) -> None:
+def stop_ids(tok) -> list[int]:
+    """Ids of `<eos>` and `<end_of_turn>` in this vocabulary: [1, 107] for Gemma 1/2 and the tiny
+    models, [1, 106] for Gemma-3 (where 107 is a newline)."""
+    ids = [tok.convert_tokens_to_ids(t) for t in prompt.STOP_STRINGS[::-1]]
+    if None in ids or tok.unk_token_id in ids:
+        raise UserError(f"the tokenizer has no {' / '.join(prompt.STOP_STRINGS)} token; "
+                        "is this a Gemma model?")
+    return ids
+
+
+def write_generation_config(out_dir: Path, tok) -> None:
     """Greedy by default, stopping at `<eos>` or `<end_of_turn>`."""
     from transformers import GenerationConfig
 
-    GenerationConfig(bos_token_id=prompt.BOS_ID, pad_token_id=0,
-                     eos_token_id=list(prompt.STOP_TOKEN_IDS), do_sample=False
-                     ).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+                     eos_token_id=stop_ids(tok), do_sample=False).save_pretrained(out_dir)
 
 
 def sp_model_from_gguf(gguf_file: Path) -> bytes:
@@ -188,7 +197,7 @@ def merge(base: str | Path, adapter: str | Path, out_dir: str | Path,
         write_tokenizer_files(out, sp)
     else:
         log.warning("%s has no tokenizer.model; llama.cpp's converter will need one", base)
-    write_generation_config(out)
+    write_generation_config(out, tok)
     for extra in ("README.md", TRAIN_RECORD):
         if (adapter / extra).is_file():
             shutil.copy(adapter / extra, out / extra)

@@ -130,5 +130,5 @@ def make_tiny_model(
     model.save_pretrained(out)
     tok.save_pretrained(out)                      # tokenizer.json for fast loading ...
     write_tokenizer_files(out, sp_file.read_bytes())  # ... then restore what save_pretrained drops
-    write_generation_config(out)
+    write_generation_config(out, tok)
     return out
