@@ -107,6 +107,14 @@ def test_answers_are_grounded_and_in_the_askers_language(retriever):
         assert 1 <= text.count(".") + text.count("?") <= 6 and "\n" not in text
 
 
+def test_two_named_places_are_both_answered(retriever):
+    r = retriever.retrieve("도서관이랑 체육관 어디야?")
+    assert {h.id for h in r.results[:2]} == {"library", "gym"} and r.route is None
+    answer = compose_answer(r)
+    assert "10번 건물" in answer and "60번 건물" in answer and "운영 시간" not in answer
+    assert len(r.facts()) == 2
+
+
 def test_facts_are_short_lines_about_the_best_entries(retriever):
     facts = retriever.retrieve("where is the pond?").facts()
     assert facts[0].startswith("Hanbit Pond: outdoor place")

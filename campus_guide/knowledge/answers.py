@@ -8,6 +8,8 @@ from .retrieval import Retrieval
 from .routes import Route
 from .schema import Building, KnowledgeBase, Place
 
+NAMED = ("alias", "fuzzy")    # hits where the question itself named the entry
+
 # Sino-Korean digit readings that end in a consonant (영 일 삼 육 칠 팔), for particle choice.
 _DIGIT_BATCHIM = set("013678")
 
@@ -47,10 +49,14 @@ def compose_answer(r: Retrieval, min_score: float | None = None) -> str:
         return UNKNOWN[r.lang]
     if r.route is not None:
         return route_answer(r.kb, r.route, r.lang)
-    return entry_answer(r.kb, r.results[0].id, r.lang)
+    top = r.results[0]
+    named = [h for h in r.results[1:2] if h.why in NAMED and top.why in NAMED and h.score >= top.score - 0.05]
+    if named:  # "도서관이랑 체육관 어디야?": both, without hours, to stay within three sentences
+        return " ".join(entry_answer(r.kb, h.id, r.lang, hours=False) for h in [top, *named])
+    return entry_answer(r.kb, top.id, r.lang)
 
 
-def entry_answer(kb: KnowledgeBase, id: str, lang: str) -> str:
+def entry_answer(kb: KnowledgeBase, id: str, lang: str, hours: bool = True) -> str:
     """Where an entry is (building number, location or the way from its gate) and its hours."""
     e = kb.get(id)
     name, ko = e.name[lang], lang == "ko"
@@ -70,7 +76,7 @@ def entry_answer(kb: KnowledgeBase, id: str, lang: str) -> str:
                  + e.transit[lang]
     else:
         s = f"{topic(name)} {e.location.ko}에 있습니다." if ko else f"{name} is {e.location.en}."
-    if e.hours:
+    if e.hours and hours:
         s += f" 운영 시간은 {e.hours.ko}입니다." if ko else f" It is open {e.hours.en}."
     return s
 
