@@ -1,7 +1,7 @@
 """`campus-guide kb check | route | ask | eval`: inspect a campus knowledge base.
 
 Nothing here loads a language model; `ask` and `eval` load the small embedding model
-(multilingual-e5-small, a few MB) and cache the campus embeddings.
+(multilingual-e5-small, 4-bit, 72 MB) and cache the campus embeddings.
 """
 from __future__ import annotations
 
