@@ -7,12 +7,13 @@ import pytest
 import yaml
 
 from campus_guide.cli import main
+from test_knowledge_retrieval import embedding_cache_dir
 from test_knowledge_schema import TINY, broken, write
 
 
 @pytest.fixture(autouse=True)
-def embedding_cache(request, monkeypatch):
-    monkeypatch.setenv("CAMPUS_GUIDE_CACHE", str(request.config.cache.mkdir("campus-guide-embeddings")))
+def embedding_cache(request, monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("CAMPUS_GUIDE_CACHE", embedding_cache_dir(request, tmp_path_factory))
     monkeypatch.delenv("CAMPUS_GUIDE_CONFIG", raising=False)
 
 

@@ -20,11 +20,17 @@ HELD_OUT_OFF_TOPIC = [
 ]
 
 
+def embedding_cache_dir(request, tmp_path_factory) -> str:
+    """pytest's cache folder (kept between runs), or a temporary one without the cache plugin."""
+    cache = getattr(request.config, "cache", None)
+    return str(cache.mkdir("campus-guide-embeddings") if cache else tmp_path_factory.mktemp("embeddings"))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def embedding_cache(request, tmp_path_factory):
     """Keep the campus embeddings in pytest's cache, so only the first run computes them."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("CAMPUS_GUIDE_CACHE", str(request.config.cache.mkdir("campus-guide-embeddings")))
+    mp.setenv("CAMPUS_GUIDE_CACHE", embedding_cache_dir(request, tmp_path_factory))
     yield
     mp.undo()
 
@@ -125,7 +131,7 @@ def test_recall_at_3_on_generated_questions(retriever, kb):
     items = generate_questions(kb)
     assert len(items) > 500 and {"name", "misspelled", "facility", "number", "route"} <= {i.kind for i in items}
     assert sum(language_of(i.question) == "ko" for i in items) > 200
-    sample = items[::6]  # a sixth keeps this test fast; `campus-guide kb eval` runs them all
+    sample = items[::8]  # an eighth (all kinds) keeps this test fast; `campus-guide kb eval` runs them all
     report = evaluate(retriever, sample, min_score=MIN_SCORE, progress=False)
     assert report.recall_at_3 >= 0.9, report.summary()
     assert report.false_accept_rate <= 0.05, report.summary()
