@@ -23,7 +23,11 @@ HELD_OUT_OFF_TOPIC = [
 def embedding_cache_dir(request, tmp_path_factory) -> str:
     """pytest's cache folder (kept between runs), or a temporary one without the cache plugin."""
     cache = getattr(request.config, "cache", None)
-    return str(cache.mkdir("campus-guide-embeddings") if cache else tmp_path_factory.mktemp("embeddings"))
+    if cache:
+        return str(cache.mkdir("campus-guide-embeddings"))
+    path = tmp_path_factory.getbasetemp() / "campus-guide-embeddings"   # one per session
+    path.mkdir(exist_ok=True)
+    return str(path)
 
 
 @pytest.fixture(scope="module", autouse=True)
