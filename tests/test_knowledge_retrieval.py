@@ -90,6 +90,13 @@ def test_route_questions(kb, retriever, question, here, origin, destination):
     assert r.facts()[0] == r.route.fact(r.lang)
 
 
+@pytest.mark.parametrize("question", ["where am I?", "여기 어디야?", "여기가 어디예요?"])
+def test_where_am_i_names_the_kiosk_location(kb, question):
+    r = Retriever(kb, here="library").retrieve(question)
+    assert (r.results[0].id, r.results[0].why, r.route) == ("library", "here", None)
+    assert "10" in compose_answer(r)
+
+
 def test_a_plain_location_question_has_no_route(retriever):
     assert retriever.retrieve("where is the library?").route is None
     assert retriever.retrieve("도서관 몇 시에 열어요?").route is None

@@ -7,6 +7,7 @@ Four signals, each with a reason a person can check (`Hit.why`):
   facility   something a building has is named ("showers" -> the gymnasium); lower than a name
   embedding  multilingual-e5-small similarity of the question to the entry's description, for
              paraphrases ("where can I swim?") and cross-lingual questions
+("Where am I?" / "여기 어디야?" names the kiosk's own location, why "here".)
 An entry's score is its strongest signal. Below the configured `dialogue.min_score` the kiosk
 answers prompt.UNKNOWN: an unrecognised question must never become an invented building.
 """
@@ -46,6 +47,8 @@ _ROUTE = re.compile(
     r"가는\s*길|가는\s*법|가는\s*방법|어떻게\s*가|가려면|길\s*(좀\s*)?(안내|알려)|찾아가|경로"
 )
 _HERE = re.compile(r"여기|이곳|현재\s*위치|지금\s*위치|\bhere\b|where i am")
+_WHERE_AM_I = re.compile(r"where am i|where are we|what place is this|what is this place|"
+                         r"여기가?어디|이곳이?어디|지금내가어디|여기는어디")
 _FROM_KO = ("에서부터", "에서", "부터")
 _PUNCT = re.compile(r"[^\w\s]|_")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -55,7 +58,7 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 class Hit:
     id: str
     score: float
-    why: str              # "alias" | "fuzzy" | "facility" | "embedding"
+    why: str              # "alias" | "fuzzy" | "facility" | "embedding" | "here"
     matched: str = ""     # the name that matched, for `kb ask`
 
 
@@ -294,6 +297,9 @@ class Retriever:
     def retrieve(self, question: str, k: int = 3) -> Retrieval:
         lang = language_of(question)
         names = self.name_matches(question)
+        if not names and _WHERE_AM_I.search(normalize(question).replace(" ", "") if lang == "ko"
+                                            else normalize(question)):
+            names = [_Match(self.here, 1.0, "here", "(kiosk location)")]
         best: dict[str, _Match] = {}
         for m in names:
             if m.id not in best or m.score > best[m.id].score:
