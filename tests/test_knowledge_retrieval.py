@@ -58,6 +58,7 @@ def retriever(kb):
     ("where is Eng Bldg 1?", "eng1", "alias"),
     ("where is the enginering building 2", "eng2", "fuzzy"),   # ASR slip, and "building 2" alone is no one
     ("도서간 어디에 있어요", "library", "fuzzy"),              # 관 -> 간 is one jamo
+    ("외데 어디야?", "languages", "fuzzy"),                     # ㅐ/ㅔ sound the same
     ("제2공학관 가는 길", "eng2", "alias"),                    # not 공학관 (eng1) inside it
     ("building 31 please", "eng2", "alias"),
     ("where are the showers?", "gym", "facility"),

@@ -138,11 +138,16 @@ def substring_distance(pattern: str, text: str, limit: int | None = None) -> tup
     return prev[end], prev_start[end], end
 
 
+# Vowels Seoul Korean no longer tells apart (and Whisper spells either way): 외대 = 외데.
+_MERGED_VOWELS = str.maketrans("ㅔㅖㅞㅚ", "ㅐㅒㅙㅙ")
+
+
 def _units(compact: str) -> tuple[str, list[int]]:
-    """Jamo of a spaceless question and, per jamo position (plus the end), its syllable index."""
+    """Jamo of a spaceless question (merged vowels) and, per jamo position (plus the end), its
+    syllable index."""
     units, pos = [], []
     for i, ch in enumerate(compact):
-        j = jamo(ch)
+        j = jamo(ch).translate(_MERGED_VOWELS)
         units.append(j)
         pos += [i] * len(j)
     return "".join(units), pos + [len(compact)]
@@ -198,7 +203,7 @@ def _forms(kb: KnowledgeBase) -> list[_Form]:
         if not key or (entry, key) in seen:
             continue
         seen.add((entry, key))
-        units = jamo(key) if hangul else key
+        units = jamo(key).translate(_MERGED_VOWELS) if hangul else key
         out.append(_Form(entry, why, weight, t, key, hangul, units, frozenset(_ngrams(units))))
     return out
 
@@ -342,6 +347,10 @@ class Retriever:
                     found.append(_Match(f.entry, f.weight, f.why, f.text,
                                         latin_pos[pos], latin_pos[pos + len(f.key)]))
                     continue
+            if f.hangul and (pos := units_q.find(f.units)) >= 0:  # same sounds, other spelling
+                found.append(_Match(f.entry, FUZZY_WEIGHT * f.weight, _fuzzy(f), f.text,
+                                    unit_pos[pos], unit_pos[pos + len(f.units)]))
+                continue
             limit = _max_edits(f)
             # each edit breaks at most three letter pairs: fewer shared pairs cannot be a near match
             if len(f.units) < SHORT_FORM or len(f.grams & grams_q) < max(1, len(f.grams) - 3 * limit):
@@ -352,8 +361,7 @@ class Retriever:
             word_start = f.hangul or a == 0 or norm[a - 1] == " "
             if sim >= FUZZY_FLOOR and edits <= limit and word_start:
                 start, end = (unit_pos[a], unit_pos[b]) if f.hangul else (latin_pos[a], latin_pos[b])
-                why = "fuzzy" if f.why == "alias" else f.why
-                found.append(_Match(f.entry, sim * FUZZY_WEIGHT * f.weight, why, f.text, start, end))
+                found.append(_Match(f.entry, sim * FUZZY_WEIGHT * f.weight, _fuzzy(f), f.text, start, end))
         found.sort(key=lambda m: (-(m.end - m.start), -m.score))
         kept: list[_Match] = []
         for m in found:
@@ -378,6 +386,10 @@ class Retriever:
         origin = _origin(norm, a, b)
         dest = b if origin is a else a
         return find_route(self.kb, origin.id, dest.id)
+
+
+def _fuzzy(f: _Form) -> str:
+    return "fuzzy" if f.why == "alias" else f.why
 
 
 def _two_places(norm: str, names: list[_Match]) -> bool:
