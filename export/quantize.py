@@ -211,7 +211,8 @@ class _Model:
 
         ctx = self.llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
-        self.llm.reset()
+        # no reset: the prompt is still in the KV cache from `log_probs`, llama-cpp-python reuses
+        # the common prefix, so only the answer is decoded
         out = self.llm.create_completion(item.prompt, max_tokens=max_tokens, temperature=0.0,
                                          repeat_penalty=1.0, stop=[*prompt.STOP_STRINGS, prompt.START_OF_TURN])
         perf = llama_cpp.llama_perf_context(ctx)
