@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 from campus_guide.config import Config
 from campus_guide.knowledge import compose_answer
-from campus_guide.prompt import REDIRECT, UNKNOWN, Turn, clean_answer, language_of, render_prompt
+from campus_guide.prompt import (INSTRUCTION, REDIRECT, UNKNOWN, Turn, clean_answer, language_of,
+                                 render_prompt)
 
 from .llm import GenStats
 from .splitter import split_sentences
@@ -36,11 +37,17 @@ _EN_PLACE = re.compile(
     r"\b((?:[A-Z][\w'-]*\s+)+(?:Hall|Building|Center|Centre|Library|Tower|Gym|Gymnasium|"
     r"Dormitory|Cafeteria|Stadium|Museum|Auditorium|Gate))\b")
 _KO_PLACE = re.compile(r"[\uac00-\ud7a3]+?(?:관|센터|홀|기숙사|식당)")
-# A base model that runs on past its answer starts writing the prompt's next question.
 _SCAFFOLD = re.compile(r"\b(?:Question|Facts)\s*:")
 _CAMPUS_WORDS = re.compile(
     r"where|how (?:do|can) i get|building|hall|library|campus|room|gate|office|way to|directions|"
     r"어디|건물|관|도서관|캠퍼스|가는|길|위치|센터|강의실|정문", re.IGNORECASE)
+
+
+def _echoes_prompt(sentence: str) -> bool:
+    """A base model that runs on past its answer repeats the instruction or starts the next
+    question; either way its answer is over."""
+    return bool(_SCAFFOLD.search(sentence)) or (
+        len(sentence) >= 8 and any(sentence in i for i in INSTRUCTION.values()))
 
 
 def _numbers(text: str) -> set[str]:
@@ -208,8 +215,8 @@ class Dialogue:
                 sentence = clean_answer(sentence).lstrip("-*• ")   # a list marker is not spoken
                 if not sentence:
                     continue
-                if sentence in spoken or _SCAFFOLD.search(sentence):
-                    break                   # looping, or writing the next question: it is over
+                if sentence in spoken or _echoes_prompt(sentence):
+                    break                   # looping or echoing the prompt: the answer is over
                 result.guard = guard.check(sentence)
                 if result.guard:
                     break

@@ -107,11 +107,19 @@ def test_guard_replaces_an_invented_building_before_it_is_spoken(kb, retriever, 
     assert r.answer == spoken and r.sources == ["library"]
 
 
-@pytest.mark.parametrize("tail", ["\n\nQuestion: Where is the gym?", " The library is building 10."])
+@pytest.mark.parametrize("tail", ["\n\nQuestion: Where is the gym?", " The library is building 10.",
+                                  " You are the campus guide. Answer in English."])
 def test_an_answer_that_runs_on_ends_where_it_repeats_or_echoes_the_prompt(kb, retriever, tail):
     d, _ = make(kb, retriever, ScriptedLLM("The library is building 10." + tail))
     sentences, r = say(d, "Where is the library?")
     assert sentences == ["The library is building 10."] and r.kind == "llm"
+
+
+def test_an_echoed_korean_instruction_is_not_spoken(kb, retriever):
+    d, _ = make(kb, retriever, ScriptedLLM("당신은 캠퍼스 안내원입니다. 아래 사실만 사용해 답하세요."))
+    sentences, r = say(d, "도서관은 어디에 있나요?")
+    assert r.kind == "fallback" and r.guard == "empty answer"
+    assert "안내원" not in " ".join(sentences) and "10번" in " ".join(sentences)
 
 
 def test_guard_wrong_language_and_missing_key_fact(kb, retriever):
