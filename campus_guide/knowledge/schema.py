@@ -92,7 +92,7 @@ class Edge:
 class Graph:
     nodes: dict[str, Text]                      # every node id -> display name
     edges: list[Edge]
-    adjacency: dict[str, list[Edge]] = field(default_factory=dict)
+    adjacency: dict[str, list[Edge]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.adjacency = {n: [] for n in self.nodes}
