@@ -90,7 +90,7 @@ def _resolve(kb, text: str) -> str:
         return text
     from .retrieval import Retriever
 
-    matches = Retriever(kb, embeddings=False).name_matches(text)
+    matches = Retriever(kb, here=next(iter(kb.graph.nodes)), embeddings=False).name_matches(text)
     if matches:
         return max(matches, key=lambda m: m.score).id
     ids = [e.id for e in kb.entries()] + kb.names()
