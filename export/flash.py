@@ -93,6 +93,15 @@ def _finish(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _loaded_sha256(status) -> str:
+    """The sha256 of the model the kiosk says it loaded (`campus-guide status --json`), if any."""
+    for node in (status, status.get("status") if isinstance(status, dict) else None):
+        model = node.get("model") if isinstance(node, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("sha256"), str):
+            return model["sha256"]
+    return ""
+
+
 def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
 
@@ -181,8 +190,9 @@ class Board:
         cur, tmp = shlex.quote(self.root + "/current"), shlex.quote(f"{self.root}/current.tmp")
         return f"ln -sfn {shlex.quote('bundles/' + name)} {tmp} && mv -T {tmp} {cur}"
 
-    def healthy(self) -> tuple[bool, str]:
-        """Poll the health command until it reports healthy or the time is up."""
+    def healthy(self, sha256: str = "") -> tuple[bool, str]:
+        """Poll the health command until it reports healthy (and, where it reports the loaded
+        model's sha256, that it is `sha256`) or the time is up."""
         deadline = time.monotonic() + self.opts.health_timeout_s
         last = ""
         while True:
@@ -190,9 +200,13 @@ class Board:
             if r.returncode == 0:
                 try:
                     d = json.loads(r.stdout)
-                    if isinstance(d, dict) and all(d.get(k, True) is not False for k in ("ok", "healthy", "ready")):
+                    loaded = _loaded_sha256(d)
+                    if sha256 and loaded and loaded != sha256:
+                        last = f"still runs model {loaded[:12]}..., not {sha256[:12]}..."
+                    elif isinstance(d, dict) and all(d.get(k, True) is not False for k in ("ok", "healthy", "ready")):
                         return True, ""
-                    last = f"reports {_tail(r.stdout, 2)}"
+                    else:
+                        last = f"reports {_tail(r.stdout, 2)}"
                 except ValueError:
                     last = f"printed no JSON: {_tail(r.stdout, 2)}"
             else:
@@ -265,7 +279,7 @@ class Flasher:
             self._step("restart")
             b.run("restart", b.fill(self.opts.restart_cmd))
             self._step("health")
-            ok, why = b.healthy()
+            ok, why = b.healthy(m.sha256)
             if not ok:
                 raise StepFailed("health", f"the kiosk is not healthy after {self.opts.health_timeout_s:.0f} s: {why}")
         except BaseException as e:             # whatever went wrong (even Ctrl-C): previous model back

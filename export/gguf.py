@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # HF architecture -> GGUF architecture (the Gemma family llama.cpp's converter handles).
 SUPPORTED = {"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}
 OUTTYPES = ("f16", "bf16", "f32")
-KV_BYTES_PER_VALUE = 2   # llama.cpp's default KV cache type is f16
 
 
 @dataclass
@@ -53,10 +52,13 @@ class GGUFInfo:
     weights_bytes: int = 0
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
-        """K and V for every layer at `n_ctx` positions (an upper bound: llama.cpp keeps
-        Gemma-2/3 sliding-window layers smaller)."""
-        per_pos = self.head_count_kv * (self.key_length + self.value_length) * KV_BYTES_PER_VALUE
-        return self.block_count * n_ctx * per_pos
+        """The device's own formula (device/budget.py), so export and the board agree."""
+        from device.budget import LLMShape, kv_cache_bytes
+
+        shape = LLMShape(arch=self.architecture, n_layer=self.block_count, n_embd=self.embedding_length,
+                         n_head_kv=self.head_count_kv, head_dim_k=self.key_length,
+                         head_dim_v=self.value_length, n_vocab=self.vocab_size)
+        return kv_cache_bytes(shape, n_ctx)
 
     def memory_bytes(self, n_ctx: int) -> int:
         """What the board needs for this model at `n_ctx`: weights + KV cache."""

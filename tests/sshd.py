@@ -46,10 +46,15 @@ elif args.cmd == "ask":
     from export.bundle import verify_bundle
     verify_bundle(model.parent)
     print(json.dumps({"answer": "The library is building 5.", "model": str(model)}))
-elif args.cmd == "status":
+elif args.cmd == "status":                       # shaped like device/appliance_cli.py's
+    import hashlib
     running = (root / "running").read_text().strip() if (root / "running").is_file() else ""
     bad = (root / "unhealthy").read_text().split() if (root / "unhealthy").is_file() else []
-    print(json.dumps({"ok": bool(running) and running not in bad, "model": running}))
+    f = root / "bundles" / running / "model.gguf"
+    sha = hashlib.sha256(f.read_bytes()).hexdigest() if running and f.is_file() else None
+    ready = bool(running) and running not in bad
+    print(json.dumps({"ready": ready, "status": {"model": {"path": str(f), "sha256": sha}}}))
+    sys.exit(0 if ready else 3)
 '''
 
 

@@ -131,6 +131,14 @@ def test_unhealthy_kiosk_rolls_back(board, tmp_path):
     assert (board.root / "history").read_text().split() == ["a"]
 
 
+def test_kiosk_still_on_the_old_model_rolls_back(board, tmp_path):
+    """A restart that did not restart: status reports the old model's sha256, never the new one."""
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    res = flash_one(make_bundle(tmp_path / "b", "b"), board, restart_cmd="true")
+    assert not res.ok and res.step == "health" and "still runs model" in res.message
+    assert board.current() == "a" and board.running() == "a"
+
+
 def test_rollback_by_hand(board, tmp_path):
     for name in ("a", "b"):
         assert flash_one(make_bundle(tmp_path / name, name), board).ok
