@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from campus_guide.cli import UserError
@@ -172,6 +173,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _same_dataset(data: Path, kb_sha: str, opts) -> bool:
+    card = data / "card.json"
+    if not card.is_file():
+        return False
+    c = json.loads(card.read_text())
+    return (c.get("kb_sha256"), c.get("options")) == (kb_sha, json.loads(json.dumps(asdict(opts))))
+
+
 def cmd_default(args) -> int:
     """The campus-tuned default model, end to end and seeded."""
     from campus_guide.knowledge import load_kb
@@ -185,9 +194,12 @@ def cmd_default(args) -> int:
     base = _base_gguf(args.base).resolve()
     t0 = time.time()
     data = work / "data"
-    log.info("1/4 dataset -> %s", data)
-    build_dataset(cfg.kb, data, cfg, DatasetOptions(seed=args.seed, phrasings_per_item=1,
-                                                    test_per_intent=args.test_per_intent))
+    opts = DatasetOptions(seed=args.seed, phrasings_per_item=1, test_per_intent=args.test_per_intent)
+    if _same_dataset(data, load_kb(cfg.kb).sha256, opts):
+        log.info("1/4 dataset: reusing %s (same knowledge base and options)", data)
+    else:
+        log.info("1/4 dataset -> %s", data)
+        build_dataset(cfg.kb, data, cfg, opts)
 
     log.info("2/4 LoRA fine-tune of %s", base.name)
     tcfg = load_train_config(args.train_config, max_steps=args.max_steps)

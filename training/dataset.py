@@ -386,11 +386,13 @@ class Builder:
         elif set(top[:len(ids)]) != set(ids):
             self.dropped[f"{intent}: retrieval ranked another entry first"] += 1
             return None
-        facts = [] if self.opts.memorised else r.facts()
-        if not self.opts.memorised and len(ids) > 1 and not intent.startswith("route") and \
+        facts = r.facts()
+        if len(ids) > 1 and not intent.startswith("route") and \
                 not all(kb.fact(i, lang) in facts for i in ids):
             self.dropped[f"{intent}: a needed fact was not retrieved"] += 1
             return None
+        if self.opts.memorised:     # same questions, same answers, nothing to copy from
+            facts = []
         answer = answer_for(kb, intent, ids, lang, r)
         return Example(
             id="", split=split, type=INTENT_TYPE[intent], intent=intent, lang=lang,
@@ -492,7 +494,7 @@ def build_dataset(kb_path: str | Path, out_dir: str | Path, cfg: Config | None =
     meta = {"kb": str(kb_path), "kb_sha256": kb.sha256, "seed": opts.seed, "memorised": opts.memorised,
             "here": cfg.dialogue.kiosk_location, "k": cfg.dialogue.retrieval_k,
             "min_score": cfg.dialogue.min_score, "held_out_intents": list(HELD_OUT_INTENTS),
-            "dropped": dict(b.dropped)}
+            "options": asdict(opts), "dropped": dict(b.dropped)}
     return write_dataset(splits, Path(out_dir), meta)
 
 

@@ -6,7 +6,7 @@ Metrics per example, averaged by split, type and language:
   fact                 the answer contains every knowledge-base fact it should (building number,
                        minutes, hour, neighbour); for unanswerable questions: it says it does not know
   invented             it names a building/place that is not in the knowledge base
-  lang                 answer language = question language (an answer in the wrong language is 0)
+  lang_match           answer language = question language (an answer in the wrong language is 0)
   stop                 the model ended its turn itself before the token limit
 
 Generation runs through llama.cpp with the device's own LLM class (GGUF base + optional GGUF
@@ -29,7 +29,7 @@ from campus_guide.cli import UserError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fact", "rouge_l", "bleu", "chrf", "lang", "stop", "invented")
+METRICS = ("fact", "rouge_l", "bleu", "chrf", "lang_match", "stop", "invented")
 
 _TOKEN = re.compile(r"[\uac00-\ud7a3]|[a-z]+|\d+")
 _EN_PLACE = re.compile(
@@ -114,7 +114,7 @@ def score(row: dict, answer: str, stopped: bool, known: set[str]) -> dict:
     invented = invented_entities(answer, known)
     return {"fact": fact, "rouge_l": rouge_l(answer, ref), "bleu": bleu(answer, ref),
             "chrf": chrf(answer, ref),
-            "lang": float(bool(answer) and prompt.language_of(answer, "") == row["lang"]),
+            "lang_match": float(bool(answer) and prompt.language_of(answer, "") == row["lang"]),
             "stop": float(stopped), "invented": float(bool(invented)), "invented_names": invented}
 
 
@@ -131,13 +131,13 @@ class LlamaCppGenerator:
     """The kiosk's own llama.cpp path (device.llm.LLM), greedy."""
 
     def __init__(self, model: str | Path, lora: str | Path | None = None, max_tokens: int = 160,
-                 n_ctx: int = 2048):
+                 n_ctx: int = 2048, threads: int = 1):
         from campus_guide.config import LLMConfig
         from device.llm import LLM
 
         self.name = Path(model).name + (f" + {Path(lora).name}" if lora else "")
         cfg = LLMConfig(model=str(Path(model).resolve()), lora=str(Path(lora).resolve()) if lora else None,
-                        n_ctx=n_ctx, max_tokens=max_tokens, temperature=0.0)
+                        n_ctx=n_ctx, n_threads=threads, max_tokens=max_tokens, temperature=0.0)
         self.llm = LLM(cfg, models_dir=Path(model).parent)
 
     def __call__(self, prompt_text: str) -> tuple[str, bool]:

@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "auto"             # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
     gradient_checkpointing: bool = False
+    threads: int = 0                # torch CPU threads; 0 = torch's default. On shared cores 1 is
+                                    # faster: 8.8 s vs 23 s per 270M step measured with 2 threads
     source: str | None = None
 
 
@@ -87,6 +89,7 @@ _CHECKS = {
     "eval_examples": ("at least 1", lambda c: c.eval_examples >= 1),
     "patience": ("at least 1", lambda c: c.patience >= 1),
     "dtype": ("one of auto, float32, bfloat16", lambda c: c.dtype in ("auto", "float32", "bfloat16")),
+    "threads": ("0 or more", lambda c: c.threads >= 0),
 }
 
 
@@ -286,6 +289,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     set_seed(cfg.seed)
     dtype = (torch.bfloat16 if acc.device.type == "cuda" else torch.float32) \
