@@ -108,7 +108,9 @@ def make_bundle(gguf: str | Path, out: str | Path, eval_report: str | Path | Non
             dst.write(chunk)
             bar.update(len(chunk))
     digest = h.hexdigest()
-    stem = gguf.stem.removesuffix(f"-{info.file_type}")
+    stem = gguf.stem
+    if stem.lower().endswith(f"-{info.file_type.lower()}"):
+        stem = stem[:-len(info.file_type) - 1]
     stop_ids = [i for i in (info.eos_id, info.end_of_turn_id) if i is not None]
     m = Manifest(
         schema_version=SCHEMA_VERSION, name=f"{stem}-{info.file_type}-{digest[:8]}", model_file=MODEL_FILE,

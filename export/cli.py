@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 
 def _gguf(args) -> int:
@@ -13,7 +14,7 @@ def _gguf(args) -> int:
 
     path, info = convert(args.merged_dir, args.out, args.outtype)
     print(describe(info))
-    print(f"checks passed; next: campus-guide export quantize {path} --out {args.out}")
+    print(f"checks passed; next: campus-guide export quantize {path} --out {Path(args.out) / 'quant'}")
     return 0
 
 

@@ -162,7 +162,9 @@ class Board:
     def fill(self, template: str, **values: str) -> str:
         v = dict(venv=self.opts.venv, config=self.opts.config, root=self.root, question=self.opts.question)
         v.update(values)
-        return template.format(**{k: shlex.quote(str(x)) for k, x in v.items()})
+        for k, x in v.items():              # not str.format: commands may hold literal JSON braces
+            template = template.replace("{" + k + "}", shlex.quote(str(x)))
+        return template
 
     def probe(self, name: str = "", model_file: str = "") -> Probe:
         """The board's state in one round trip (each SSH command costs a shell start)."""

@@ -176,6 +176,15 @@ def test_broken_local_bundle_is_never_uploaded(board, tmp_path):
     assert not (board.root / "staging").exists()
 
 
+def test_command_templates_quote_fields_and_keep_literal_braces():
+    b = flashmod.Board("pi@a", FlashOptions(venv="/opt/my venv", question="Where's B12?"))
+    try:
+        assert b.fill("""{venv}/bin/x --text {question} && echo '{"ready": true}'""") == \
+            """'/opt/my venv'/bin/x --text 'Where'"'"'s B12?' && echo '{"ready": true}'"""
+    finally:
+        b.close()
+
+
 def test_table_lists_each_host():
     rows = table([flashmod.HostResult("pi@a", True, "flashed", current="x"),
                   flashmod.HostResult("pi@b", False, "failed", step="verify", message="bad sum")]).splitlines()
