@@ -141,3 +141,12 @@ def test_qlora_runs_on_cpu(tiny, data, tmp_path):
     r = fit(cfg, progress=False)
     assert json.loads((r.best_dir / "campus_train.json").read_text())["method"] == "qlora"
     assert (r.best_dir / "adapter_model.safetensors").is_file()
+
+
+def test_cli_prints_config_errors_without_traceback(tmp_path, capsys):
+    from campus_guide.cli import main
+
+    bad = write_cfg(tmp_path / "bad.yaml", base="m", data="d", lora={"rnak": 4})
+    assert main(["train", "fit", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'lora.rnak' (did you mean 'rank'?)" in err and "Traceback" not in err
