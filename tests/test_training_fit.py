@@ -110,6 +110,11 @@ def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
     assert min(x["eval_loss"] for x in log if "eval_loss" in x) == pytest.approx(r.best_eval_loss)
     assert r.plot_file.read_bytes()[:4] == b"\x89PNG"
 
+    from training.evaluate import HFGenerator
+    gen = HFGenerator(tiny, r.best_dir, max_tokens=6)       # the eval path for PEFT checkpoints
+    text, stopped = gen(rows("en")[0]["prompt"])
+    assert isinstance(text, str) and isinstance(stopped, bool)
+
 
 @pytest.mark.parametrize("kw, message", [
     ({"methd": "lora"}, "unknown key 'methd' (did you mean 'method'?)"),

@@ -154,18 +154,16 @@ class LlamaCppGenerator:
 class HFGenerator:
     """transformers greedy generation (HF folder or GGUF, + optional PEFT adapter folder)."""
 
-    def __init__(self, model: str | Path, adapter: str | Path | None = None, max_tokens: int = 160,
-                 model_obj=None, tokenizer=None):
+    def __init__(self, model: str | Path, adapter: str | Path | None = None, max_tokens: int = 160):
         import torch
 
         from training.merge import load_base, stop_ids
 
         self.name = Path(model).name + (f" + {Path(adapter).name}" if adapter else "")
-        if model_obj is None:
-            model_obj, tokenizer, _ = load_base(model, "float32")
-            if adapter:
-                from peft import PeftModel
-                model_obj = PeftModel.from_pretrained(model_obj, adapter)
+        model_obj, tokenizer, _ = load_base(model, "float32")
+        if adapter:
+            from peft import PeftModel
+            model_obj = PeftModel.from_pretrained(model_obj, adapter)
         self.model, self.tok, self.max_tokens = model_obj.eval(), tokenizer, max_tokens
         self.stops = stop_ids(tokenizer)
         self._torch = torch

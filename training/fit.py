@@ -203,7 +203,7 @@ def batches(data: list[Example], size: int, seed: int, pad_id: int) -> Iterator[
     while True:
         order = list(range(len(data)))
         rng.shuffle(order)
-        for i in range(0, len(order) - size + 1 if len(order) >= size else 1, size):
+        for i in range(0, max(1, len(order) - size + 1), size):   # full batches only
             yield collate([data[j] for j in order[i:i + size]], pad_id)
 
 
