@@ -216,16 +216,22 @@ def check_chat_format(path: str | Path) -> list[int]:
     exactly one <bos> first, each turn marker one token, and end-of-turn ends generation.
     Returns the token ids (for the record)."""
     import llama_cpp
+    from llama_cpp._internals import LlamaModel
 
     text = prompt.render_prompt("Where is the library?", ["The library is building 5."], lang="en")
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True                # the vocabulary alone: no weights, no context
     try:
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        info_sot = llm.tokenize(prompt.START_OF_TURN.encode(), add_bos=False, special=True)
-        info_eot = llm.tokenize(prompt.END_OF_TURN.encode(), add_bos=False, special=True)
-        eog = bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, info_eot[0])) if len(info_eot) == 1 else False
+        model = LlamaModel(path_model=str(path), params=params, verbose=False)
+    except ValueError as e:
+        raise ExportError(f"{path}: llama.cpp cannot load this GGUF ({e}); convert it again") from None
+    try:
+        ids = model.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        info_sot = model.tokenize(prompt.START_OF_TURN.encode(), add_bos=False, special=True)
+        info_eot = model.tokenize(prompt.END_OF_TURN.encode(), add_bos=False, special=True)
+        eog = bool(llama_cpp.llama_vocab_is_eog(model.vocab, info_eot[0])) if len(info_eot) == 1 else False
     finally:
-        llm.close()
+        model.close()
     problems = []
     if ids[:1] != [prompt.BOS_ID] or ids.count(prompt.BOS_ID) != 1:
         problems.append(f"the prompt does not start with exactly one <bos> (ids {ids[:4]}...)")
