@@ -304,8 +304,9 @@ def plot(report: Report, out: str | Path) -> Path:
 
 
 def run(src: str | Path, types: list[str], out_dir: str | Path, items: list[EvalItem], n_ctx: int,
-        **limits) -> Report:
-    """Quantize `src` to each type into `out_dir`, measure, and write quant_report.{json,md,png}."""
+        **measure_options) -> Report:
+    """Quantize `src` to each type into `out_dir`, measure (options as for `measure`), and write
+    quant_report.{json,md,png}."""
     from tqdm import tqdm
 
     src, out_dir = Path(src), Path(out_dir)
@@ -316,7 +317,7 @@ def run(src: str | Path, types: list[str], out_dir: str | Path, items: list[Eval
         t0 = time.perf_counter()
         quants[t.upper()] = quantize(src, out_dir / f"{stem}-{t.upper()}.gguf", t)
         log.info("%s in %.1f s", t.upper(), time.perf_counter() - t0)
-    report = measure(src, quants, items, n_ctx=n_ctx, **limits)
+    report = measure(src, quants, items, n_ctx=n_ctx, **measure_options)
     (out_dir / "quant_report.json").write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
     (out_dir / "quant_report.md").write_text(report.markdown(), encoding="utf-8")
     plot(report, out_dir / "quant_report.png")
