@@ -23,6 +23,7 @@ from campus_guide.config import PACKAGE_DATA, Config
 from campus_guide.prompt import render_prompt
 
 from .audio import read_wav
+from .dialogue import FIRST_CHARS
 from .pipeline import Collector, Pipeline, peak_rss_mb
 from .splitter import split_sentences
 
@@ -51,7 +52,7 @@ def _floors(p: Pipeline, audio) -> tuple[dict, list[int]]:
 
     p.llm.reset()
     pieces = p.llm.stream(prompt)
-    first = next(iter(split_sentences(pieces, p.cfg.dialogue.max_sentence_chars)), "")
+    first = next(iter(split_sentences(pieces, p.cfg.dialogue.max_sentence_chars, FIRST_CHARS)), "")
     pieces.close()
     decode_s = p.llm.last.decode_s   # generation time after the first token, up to the sentence
     t = time.perf_counter()
