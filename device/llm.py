@@ -139,11 +139,11 @@ class LLM:
         """A deployed bundle carries checksums; a model that does not match them is refused."""
         if not (folder / MANIFEST).is_file():
             return
-        from export.bundle import verify_bundle
+        from export.bundle import BundleError, verify_bundle
 
         try:
             verify_bundle(folder)
-        except Exception as e:  # the bundle module's own error type, whatever it is
+        except BundleError as e:
             raise LLMError(
                 f"model bundle {folder} does not match its {MANIFEST}: {e}. "
                 f"Re-deploy the bundle (campus-guide flash) or remove the damaged file."

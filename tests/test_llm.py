@@ -101,3 +101,20 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"not a gguf at all")
     with pytest.raises(UserError, match="could not load .*m.gguf.*models fetch"):
         LLM(LLMConfig(model="m.gguf", lora=None), tmp_path)
+
+
+def test_a_bundle_that_does_not_match_its_manifest_is_refused(tmp_path):
+    import json
+
+    from export.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION
+    from device.llm import LLM
+
+    (tmp_path / MODEL_FILE).write_bytes(b"GGUF truncated copy")
+    manifest = dict(
+        schema_version=SCHEMA_VERSION, name="m-Q4_K_M-0000", model_file=MODEL_FILE, sha256="0" * 64,
+        size=123456, quant_type="Q4_K_M", architecture="gemma3", base_model="x",
+        training_config_sha256=None, chat_format="gemma", stop_strings=[], stop_token_ids=[],
+        context_length=2048, n_ctx=2048, memory_bytes=0, eval=None, created="2026-01-01")
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="does not match its manifest.json.*bytes"):
+        LLM(LLMConfig(model=MODEL_FILE, lora=None), tmp_path)
