@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 BOS = "<bos>"
 EOS = "<eos>"
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
-BOS_ID, EOS_ID, END_OF_TURN_ID = 2, 1, 107
-# Gemma 1/2 (and the tiny test models) ids. Gemma-3 has <start_of_turn> 105, <end_of_turn> 106
-# and 107 = "\n": look turn-token ids up in the loaded vocabulary, never trust these blindly.
+BOS_ID, EOS_ID = 2, 1  # the same in every Gemma generation
 
 # Generation stops at either; both are also written as eos in generation_config.json on merge.
 STOP_STRINGS: tuple[str, ...] = (END_OF_TURN, EOS)
-STOP_TOKEN_IDS: tuple[int, ...] = (EOS_ID, END_OF_TURN_ID)
 CHAT_FORMAT = "gemma"
 
 LANGUAGES = ("ko", "en")
@@ -56,6 +53,13 @@ class Turn:
     """One finished exchange kept as conversation memory."""
     question: str
     answer: str
+
+
+def stop_token_ids(token_id: Callable[[str], int | None]) -> list[int]:
+    """The ids of STOP_STRINGS in a loaded vocabulary, `<eos>` first. They are never hard-coded:
+    `<end_of_turn>` is 107 in Gemma 1/2 but 106 in Gemma-3, where 107 is a newline — a constant
+    would stop the deployed model at its first line break."""
+    return [i for i in (token_id(s) for s in reversed(STOP_STRINGS)) if i is not None]
 
 
 def language_of(text: str, default: str = "en") -> str:

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from campus_guide.cli import UserError
 from campus_guide.config import LLMConfig
-from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, STOP_TOKEN_IDS
+from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, stop_token_ids
 
 from .models import require
 
@@ -112,11 +112,7 @@ class LLM:
         log.info("llm: %s, adapter %s", self.model_path, self.adapter_path or "none")
         vocab = self.llama._model.vocab
         self._is_eog = lambda t: bool(llama_vocab_is_eog(vocab, t))
-        # Gemma's ids only where this vocabulary really has those tokens (SmolLM2 does not).
-        self._stop_ids = {
-            t for t in STOP_TOKEN_IDS
-            if self.llama.detokenize([t], special=True).decode("utf-8", "replace") in _STOPS
-        }
+        self._stop_ids = set(stop_token_ids(self._token_id))
         self.last = GenStats()
 
     @staticmethod
@@ -148,6 +144,11 @@ class LLM:
                 f"model bundle {folder} does not match its {MANIFEST}: {e}. "
                 f"Re-deploy the bundle (campus-guide flash) or remove the damaged file."
             ) from None
+
+    def _token_id(self, text: str) -> int | None:
+        """The id of a special token, or None when this vocabulary (e.g. SmolLM2) lacks it."""
+        ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+        return ids[0] if len(ids) == 1 else None
 
     def tokenize(self, prompt: str) -> list[int]:
         """The prompt carries no <bos>; llama.cpp adds exactly one (prompt.py's contract)."""

@@ -33,7 +33,7 @@ def chain(tmp_path_factory):
 def test_gguf_metadata_matches_the_model(chain):
     _, f16, info, _ = chain
     assert info.architecture == "gemma3" and info.file_type == "F16"
-    assert info.end_of_turn_id == prompt.END_OF_TURN_ID and info.end_of_turn_type == "CONTROL"
+    assert info.end_of_turn_id == 107 and info.end_of_turn_type == "CONTROL"
     assert info.start_of_turn_id == 106
     assert info.bos_id == prompt.BOS_ID and info.add_bos
     assert info.context_length == 2048 and info.block_count == 6
@@ -62,7 +62,7 @@ def test_bundle_records_and_refuses_corruption(chain, tmp_path):
     q = next(x for x in report.results if x.name == "Q4_K_M")
     m = make_bundle(q.path, tmp_path / "b", eval_report=tmp / "quant" / "quant_report.json")
     assert m.quant_type == "Q4_K_M" and m.architecture == "gemma3"
-    assert m.stop_token_ids == [prompt.EOS_ID, prompt.END_OF_TURN_ID]
+    assert m.stop_token_ids == [prompt.EOS_ID, 107]
     assert m.eval["kl"] == q.kl and m.chat_format == prompt.CHAT_FORMAT
     assert verify_bundle(tmp_path / "b").sha256 == m.sha256
     check_gguf(read_gguf(tmp_path / "b" / "model.gguf"))

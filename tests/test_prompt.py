@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from campus_guide.prompt import (BOS_ID, END_OF_TURN, END_OF_TURN_ID, EOS_ID, INSTRUCTION, START_OF_TURN,
-                                 STOP_STRINGS, STOP_TOKEN_IDS, Turn, clean_answer, language_of,
-                                 render_prompt, render_target)
+from campus_guide.prompt import (BOS_ID, END_OF_TURN, EOS_ID, INSTRUCTION, START_OF_TURN,
+                                 STOP_STRINGS, Turn, clean_answer, language_of,
+                                 render_prompt, render_target, stop_token_ids)
 
 FACTS = ["Central Library: building 10, north of the Central Lawn.",
          "Route from Main Gate to Central Library: Main Gate → Clock Tower → Central Library, 440 m."]
@@ -48,7 +48,13 @@ def test_target_and_cleaning():
         "The library is building 10."
     assert clean_answer("도서관은 10번 건물입니다.<eos> junk") == "도서관은 10번 건물입니다."
     assert clean_answer(f"  answer {START_OF_TURN}model") == "answer"
-    assert set(STOP_STRINGS) == {END_OF_TURN, "<eos>"} and set(STOP_TOKEN_IDS) == {EOS_ID, END_OF_TURN_ID}
+    assert set(STOP_STRINGS) == {END_OF_TURN, "<eos>"}
+
+
+def test_stop_ids_come_from_the_vocabulary():
+    gemma2 = {"<eos>": 1, "<end_of_turn>": 107}.get
+    assert stop_token_ids(gemma2) == [EOS_ID, 107]
+    assert stop_token_ids({"<eos>": 2}.get) == [2]   # a vocabulary without turn tokens
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -87,6 +93,9 @@ def test_prompt_tokenizes_with_exactly_one_bos(gemma_gguf):
         sot = llm.tokenize(START_OF_TURN.encode(), add_bos=False, special=True)
         eot = llm.tokenize(END_OF_TURN.encode(), add_bos=False, special=True)
         assert (sot, eot) == ([105], [106])
+        single = lambda s: (lambda ids: ids[0] if len(ids) == 1 else None)(
+            llm.tokenize(s.encode(), add_bos=False, special=True))
+        assert stop_token_ids(single) == [EOS_ID, 106]
         assert llm.token_bos() == BOS_ID and llm.token_eos() == EOS_ID
         for prompt in (render_prompt("Where is the library?", FACTS),
                        render_prompt("도서관 어디야?", FACTS, HISTORY)):
