@@ -54,7 +54,7 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
                 return
             speaking = busy.is_set() or speaker.playing
             if barge_in:
-                if speaking and speaker.playing and vad._speaking:
+                if speaking and speaker.playing and vad.speaking:
                     log.info("kiosk: barge-in, playback stopped")
                     speaker.stop()
                 yield chunk

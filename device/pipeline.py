@@ -25,7 +25,7 @@ import numpy as np
 from campus_guide.config import Config
 from campus_guide.knowledge import Retriever, load_kb
 
-from .asr import Transcriber
+from .asr import Transcriber, kb_hotwords
 from .audio import FileSource
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
@@ -135,7 +135,7 @@ class Pipeline:
         t = time.perf_counter()
         self.kb = load_kb(cfg.kb)
         self.vad = VAD(models / VAD_MODEL, cfg.vad)
-        self.asr = Transcriber(cfg, self.kb.names() if cfg.asr.hotwords else [])
+        self.asr = Transcriber(cfg, kb_hotwords(self.kb) if cfg.asr.hotwords else [])
         self.llm = LLM(cfg.llm, models)
         self.tts = Synthesizer(cfg)
         retriever = Retriever(self.kb, here=cfg.dialogue.kiosk_location)
