@@ -181,6 +181,27 @@ def _same_dataset(data: Path, kb_sha: str, opts) -> bool:
     return (c.get("kb_sha256"), c.get("options")) == (kb_sha, json.loads(json.dumps(asdict(opts))))
 
 
+def _finished_fit(tcfg):
+    """The FitResult of a completed run with the same config hash, so that a default build that
+    failed after training (conversion, evaluation) resumes without training again."""
+    from training.fit import FitResult, config_hash
+    from training.merge import TRAIN_RECORD
+
+    out = Path(tcfg.out)
+    record, log_file = out / "best" / TRAIN_RECORD, out / "log.jsonl"
+    if not (record.is_file() and log_file.is_file()):
+        return None
+    rec = json.loads(record.read_text())
+    rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
+    evals = [x["eval_loss"] for x in rows if "eval_loss" in x]
+    total = tcfg.max_steps or None
+    if rec.get("config_hash") != config_hash(tcfg) or len(evals) < 2:
+        return None
+    last = rows[-1]["step"]
+    return FitResult(out, out / "best", rec["step"], rec["eval_loss"], evals[0], last,
+                     bool(total and last < total), rows[-1]["elapsed_s"], log_file, out / "loss.png")
+
+
 def cmd_default(args) -> int:
     """The campus-tuned default model, end to end and seeded."""
     from campus_guide.knowledge import load_kb
@@ -201,10 +222,14 @@ def cmd_default(args) -> int:
         log.info("1/4 dataset -> %s", data)
         build_dataset(cfg.kb, data, cfg, opts)
 
-    log.info("2/4 LoRA fine-tune of %s", base.name)
     tcfg = load_train_config(args.train_config, max_steps=args.max_steps)
     tcfg.base, tcfg.data, tcfg.out, tcfg.seed = str(base), str(data.resolve()), str((work / "run").resolve()), args.seed
-    r = fit(tcfg)
+    r = _finished_fit(tcfg)
+    if r:
+        log.info("2/4 reusing the finished run in %s (same config hash)", tcfg.out)
+    else:
+        log.info("2/4 LoRA fine-tune of %s", base.name)
+        r = fit(tcfg)
 
     log.info("3/4 adapter -> GGUF")
     from transformers import AutoConfig

@@ -60,10 +60,13 @@ def write_tokenizer_files(out_dir: Path, sp_bytes: bytes) -> None:
 def stop_ids(tok) -> list[int]:
     """Ids of `<eos>` and `<end_of_turn>` in this vocabulary: [1, 107] for Gemma 1/2 and the tiny
     models, [1, 106] for Gemma-3 (where 107 is a newline)."""
-    ids = prompt.stop_token_ids(tok.convert_tokens_to_ids)
-    if len(ids) < len(prompt.STOP_STRINGS) or tok.unk_token_id in ids:
-        raise UserError(f"the tokenizer has no {' / '.join(prompt.STOP_STRINGS)} token; "
-                        "is this a Gemma model?")
+    def token_id(t: str) -> int | None:
+        i = tok.convert_tokens_to_ids(t)
+        return None if i is None or i == tok.unk_token_id else i
+
+    ids = prompt.stop_token_ids(token_id)
+    if len(ids) < len(prompt.STOP_STRINGS):
+        raise UserError(f"the tokenizer lacks {' or '.join(prompt.STOP_STRINGS)}; is this a Gemma model?")
     return ids
 
 
