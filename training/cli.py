@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -213,7 +212,6 @@ def cmd_default(args) -> int:
     work = Path(args.work)
     cfg = _cfg(args)
     base = _base_gguf(args.base).resolve()
-    t0 = time.time()
     data = work / "data"
     opts = DatasetOptions(seed=args.seed, phrasings_per_item=1, test_per_intent=args.test_per_intent)
     if _same_dataset(data, load_kb(cfg.kb).sha256, opts):
@@ -261,7 +259,7 @@ def cmd_default(args) -> int:
     _print_table(reports)
 
     record = {
-        "command": "campus-guide train default " + " ".join(sys.argv[3:]),
+        "command": " ".join(["campus-guide train default", *sys.argv[3:]]),
         "base": {"file": base.name, "sha256": _sha256(base)},
         "kb": {"file": Path(cfg.kb).name, "sha256": load_kb(cfg.kb).sha256},
         "train_config": Path(args.train_config).name, "config_hash": config_hash(tcfg), "seed": args.seed,
@@ -269,7 +267,8 @@ def cmd_default(args) -> int:
                                         "target_modules": tcfg.lora.target_modules},
         "steps": r.steps, "best_step": r.best_step, "eval_loss": {"start": round(r.first_eval_loss, 4),
                                                                   "best": round(r.best_eval_loss, 4)},
-        "train_minutes": round(r.seconds / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
+        "train_minutes": round(r.seconds / 60, 1),
+        "eval_minutes": round(sum(rep.seconds for rep in reports) / 60, 1),
         "cpu": f"{os.cpu_count()} cores",
         "heldout": {rep.model: {"overall": rep.overall, "by_split": rep.by_split} for rep in reports},
         "adapter_sha256": _sha256(adapter), "adapter_bytes": size,
