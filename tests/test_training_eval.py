@@ -68,3 +68,39 @@ def test_report_groups_and_plot(known, tmp_path):
     assert rep.overall["invented"] == 0.5 and rep.overall["stop"] == 0.5
     png = plot_reports([rep], tmp_path / "eval.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shipped_adapter_provenance():
+    import json
+
+    from campus_guide.config import PACKAGE_DATA
+
+    gguf, record = PACKAGE_DATA / "campus-lora.gguf", PACKAGE_DATA / "campus-lora.json"
+    assert gguf.stat().st_size < 10 * 2**20
+    rec = json.loads(record.read_text())
+    assert rec["command"].startswith("campus-guide train default") and rec["seed"] == 0
+    assert len(rec["config_hash"]) == 16 and rec["adapter_bytes"] == gguf.stat().st_size
+    tuned, base = (rec["heldout"][k]["overall"] for k in sorted(rec["heldout"], key=lambda k: "LoRA" not in k))
+    assert tuned["fact"] > base["fact"] and tuned["stop"] > base["stop"]
+
+
+@pytest.mark.models
+def test_shipped_adapter_answers_from_the_facts(models_dir):
+    """The packaged 270M base + the shipped adapter, through the kiosk's own llama.cpp path."""
+    from campus_guide.config import PACKAGE_DATA
+    from campus_guide.knowledge import Retriever
+    from campus_guide.prompt import render_prompt
+    from training.evaluate import LlamaCppGenerator
+
+    kb = load_kb(SAMPLE_KB)
+    q = "What number is the Central Library?"
+    r = Retriever(kb).retrieve(q)
+    gen = LlamaCppGenerator(models_dir / "gemma3-270m-q4_k_m.gguf", PACKAGE_DATA / "campus-lora.gguf",
+                            max_tokens=48)
+    try:
+        answer, stopped = gen(render_prompt(q, r.facts(), lang="en"))
+    finally:
+        gen.close()
+    number = kb.get("library").number
+    assert stopped and has_fact(answer, number), answer
+    assert invented_entities(answer, kb_names(kb)) == []
