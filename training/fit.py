@@ -127,8 +127,11 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
 
 
 def config_hash(cfg: TrainConfig) -> str:
+    """Of every option, with paths reduced to their last component so the hash is the same on
+    another machine."""
     d = dataclasses.asdict(cfg)
     d.pop("source")
+    d.update({k: Path(d[k]).name for k in ("base", "data", "out")})
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
