@@ -43,7 +43,7 @@ class ASRConfig:
     device: str = "cpu"
     beam_size: int = 1
     cpu_threads: int = 0            # 0 = CTranslate2's default
-    hotwords: bool = True           # pass knowledge-base names to Whisper
+    hotwords: bool = False          # KB names as a Whisper prompt: off, unclear speech came back as copied names (device/asr.py)
 
 
 @dataclass

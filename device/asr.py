@@ -1,8 +1,10 @@
 """Speech to text with faster-whisper (CTranslate2, int8 on CPU by default).
 
 The VAD has already cut one utterance, so Whisper's own VAD is off and timestamps are not
-asked for. Campus names go in as `hotwords` (a short prompt prefix) so "Haedong" is not heard
-as "had on". Automatic language detection is restricted to the kiosk's languages: on robotic or
+asked for. Campus names in Latin script go in as `hotwords` (a short prompt prefix) so "Haedong"
+is not heard as "had on". Korean names do not: on unclear Korean speech whisper-base copied names
+from the list instead of listening ("도서관은 어디에 있나요?" came out as "동아리관, 대학원,";
+without Korean hotwords, "도서관은 오디에인 하요", which retrieval gets right). Automatic language detection is restricted to the kiosk's languages: on robotic or
 accented speech Whisper sometimes guesses Thai or Japanese, and then transcribes nonsense.
 """
 from __future__ import annotations
@@ -89,11 +91,10 @@ class Transcriber:
         self._echoes = {_key(", ".join(self._names[:k])) for k in range(2, len(self._names) + 1)}
 
     def _choose(self, names: Sequence[str]) -> list[str]:
-        """Names for the fixed language (both for auto), deduplicated, within HOTWORD_TOKENS."""
+        """Latin-script names (see the module docstring), deduplicated, within HOTWORD_TOKENS."""
         tok, chosen, used = self.model.hf_tokenizer, [], 0
         for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
-            hangul = bool(re.search(r"[\uac00-\ud7a3]", name))
-            if self.language != "auto" and hangul != (self.language == "ko"):
+            if re.search(r"[\uac00-\ud7a3]", name):
                 continue
             cost = len(tok.encode(" " + name + ",", add_special_tokens=False).ids)
             if used + cost > HOTWORD_TOKENS:
@@ -148,6 +149,7 @@ class Transcriber:
     def _decode(self, audio: np.ndarray, language: str | None):
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=self.beam_size, vad_filter=False,
-            without_timestamps=True, condition_on_previous_text=False, hotwords=self.hotwords,
+            without_timestamps=True, condition_on_previous_text=False,
+            hotwords=None if language == "ko" else self.hotwords,
             temperature=(0.0, 0.4, 0.8))
         return list(segments), info

@@ -152,9 +152,9 @@ class Pipeline:
             self.vad.reset()
 
     def ask_audio(self, audio: np.ndarray, sink: Sink | None = None, *, sequential: bool = False,
-                  trim: bool = True) -> TurnResult:
+                  trim: bool = True, language: str | None = None) -> TurnResult:
         """One spoken question. `trim`: find the speech in a recording first (files); the kiosk
-        passes VAD utterances, already trimmed."""
+        passes VAD utterances, already trimmed. `language` overrides asr.language."""
         if trim:
             u = self.utterance(audio)
             if u is None:
@@ -162,7 +162,7 @@ class Pipeline:
                 return self._log(TurnResult("", "", kind="none", rss_mb=rss_mb()))
             audio = u.audio
         t0 = time.perf_counter()
-        tr = self.asr.transcribe(audio)
+        tr = self.asr.transcribe(audio, language)
         asr_s = time.perf_counter() - t0
         return self._turn(tr.text, tr.language, t0, sink, sequential, asr_s, tr.confidence)
 
