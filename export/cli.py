@@ -56,7 +56,7 @@ def _flash(args) -> int:
     opts = FlashOptions(root=args.root, venv=args.venv, config=args.board_config, port=args.port,
                         identity=args.identity, ssh_options=args.ssh_option or [], keep=args.keep,
                         health_timeout_s=args.health_timeout)
-    for name in ("question", "budget_cmd", "smoke_cmd", "restart_cmd", "health_cmd"):
+    for name in ("question", "budget_cmd", "smoke_cmd", "stop_cmd", "restart_cmd", "health_cmd"):
         if getattr(args, name):
             setattr(opts, name, getattr(args, name))
     if args.rollback:
@@ -125,6 +125,7 @@ def register(sub) -> None:
     f.add_argument("--question", help=f"smoke-test question (default {d.question!r})")
     f.add_argument("--budget-cmd", help=f"default: {d.budget_cmd}")
     f.add_argument("--smoke-cmd", help=f"default: {d.smoke_cmd}")
+    f.add_argument("--stop-cmd", help=f"run before the budget check and smoke test; default: {d.stop_cmd}")
     f.add_argument("--restart-cmd", help=f"default: {d.restart_cmd}")
     f.add_argument("--health-cmd", help=f"default: {d.health_cmd}")
     f.add_argument("--health-timeout", type=float, default=d.health_timeout_s, help="seconds")

@@ -52,6 +52,9 @@ class FlashOptions:
     question: str = "Where is the library?"
     budget_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} budget"
     smoke_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} ask --text {question} --json"
+    # The kiosk is stopped for the budget check and the smoke test: on an 8 GB board the running
+    # kiosk and a second copy of the pipeline do not fit together (two 2B models: ~6.5 GiB).
+    stop_cmd: str = "sudo systemctl stop campus-guide"
     restart_cmd: str = "sudo systemctl restart campus-guide"
     health_cmd: str = "{venv}/bin/campus-guide --config {config} status --json"
     health_timeout_s: float = 120.0
@@ -267,11 +270,15 @@ class Flasher:
             res.resumed_from = self._upload(staged, probe.staged_size)
             where = staged
         self._verify(where)
+        self._step("stop kiosk")
+        if b.run("stop kiosk", b.fill(self.opts.stop_cmd), check=False).returncode != 0:
+            log.warning("%s: could not stop the kiosk; the smoke test shares its memory", b.host)
         try:
             self._check(where)
         except StepFailed:
             if where == staged:                 # a model that cannot run is not worth resuming
                 b.run("cleanup", f"rm -rf {q(staged)}", check=False)
+            b.run("restart", b.fill(self.opts.restart_cmd), check=False)   # previous model again
             raise
         self._step("switch")
         move = f"rm -rf {q(final)} && mv {q(staged)} {q(final)} && " if where == staged else ""

@@ -75,6 +75,7 @@ class Board:
     venv: Path
     config: Path
     restart_cmd: str
+    stop_cmd: str
 
     def current(self) -> str:
         link = self.root / "current"
@@ -139,9 +140,12 @@ LogLevel ERROR
     restart = tmp / "restart.sh"
     restart.write_text(f"#!/bin/sh\nreadlink {root}/current | sed 's#.*/##' > {root}/running\n")
     restart.chmod(0o755)
+    stop = tmp / "stop.sh"                      # the stand-in kiosk: `running` names its model
+    stop.write_text(f"#!/bin/sh\necho stopped > {root}/running\n")
+    stop.chmod(0o755)
     board = Board(
         host="root@127.0.0.1", port=port, identity=str(keys / "client"),
         ssh_options=[f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "IdentitiesOnly=yes"],
-        root=root, venv=venv, config=config, restart_cmd=str(restart),
+        root=root, venv=venv, config=config, restart_cmd=str(restart), stop_cmd=str(stop),
     )
     return proc, board

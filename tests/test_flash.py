@@ -30,7 +30,7 @@ def board(tmp_path):
 
 def opts_for(b, **kw) -> FlashOptions:
     o = FlashOptions(root=str(b.root), venv=str(b.venv), config=str(b.config), port=b.port,
-                     identity=b.identity, ssh_options=b.ssh_options, restart_cmd=b.restart_cmd,
+                     identity=b.identity, ssh_options=b.ssh_options, restart_cmd=b.restart_cmd, stop_cmd=b.stop_cmd,
                      health_timeout_s=1.0, health_interval_s=0.2)
     for k, v in kw.items():
         setattr(o, k, v)
@@ -76,6 +76,17 @@ def test_failed_smoke_test_leaves_previous_model(board, tmp_path):
     assert "not a GGUF" in res.message
     assert board.current() == "good" and board.running() == "good"
     assert not (board.root / "staging" / "bad").exists() and not (board.root / "bundles" / "bad").exists()
+
+
+def test_smoke_test_runs_with_the_kiosk_stopped(board, tmp_path):
+    """Two pipelines do not fit on the board: the kiosk is stopped while the new model is tried."""
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    seen = board.root / "seen-during-smoke"
+    smoke = FlashOptions().smoke_cmd
+    res = flash_one(make_bundle(tmp_path / "b", "b"), board,
+                    smoke_cmd=f"cat {{root}}/running > {seen} && {smoke}")
+    assert res.ok, res
+    assert seen.read_text().strip() == "stopped" and board.running() == "b"
 
 
 def test_budget_refusal_leaves_previous_model(board, tmp_path):
@@ -134,7 +145,7 @@ def test_unhealthy_kiosk_rolls_back(board, tmp_path):
 def test_kiosk_still_on_the_old_model_rolls_back(board, tmp_path):
     """A restart that did not restart: status reports the old model's sha256, never the new one."""
     assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
-    res = flash_one(make_bundle(tmp_path / "b", "b"), board, restart_cmd="true")
+    res = flash_one(make_bundle(tmp_path / "b", "b"), board, stop_cmd="true", restart_cmd="true")
     assert not res.ok and res.step == "health" and "still runs model" in res.message
     assert board.current() == "a" and board.running() == "a"
 
