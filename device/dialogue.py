@@ -170,10 +170,10 @@ class Dialogue:
         question = question.strip()
         lang = language_of(question, lang if lang in ("ko", "en") else "en")
         result = DialogueResult(question=question, lang=lang)
-        history = self._memory()
-        if is_garbage(question):
+        if is_garbage(question):            # noise must not keep the last visitor's memory alive
             log.info("dialogue: ignoring %r (empty or noise)", question)
             return Reply(iter(()), result)
+        history = self._memory()
         d = self.cfg.dialogue
         r = self.retriever.retrieve(question, k=d.retrieval_k)
         r.lang = lang
@@ -223,6 +223,9 @@ class Dialogue:
                 spoken.append(sentence)
                 result.answer = " ".join(spoken)
                 yield sentence
+        except Exception as e:          # a failing model must not cost the visitor the answer
+            log.exception("dialogue: the model failed; answering from the knowledge base")
+            result.guard = f"llm error: {e}"
         finally:
             stream.close()
         result.llm = self.llm.last

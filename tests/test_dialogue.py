@@ -160,6 +160,29 @@ def test_memory_keeps_the_last_turns_and_clears_after_the_timeout(kb, retriever)
     assert [t.question for t in d.history] == ["Where is the library?"]
 
 
+def test_noise_does_not_keep_the_last_visitors_memory(kb, retriever):
+    d, clock = make(kb, retriever, ScriptedLLM(), session_timeout_s=60)
+    say(d, "Where is the library?")
+    for _ in range(3):                   # a busy hallway: the VAD fires, Whisper hears nothing
+        clock.t += 40
+        say(d, "")
+    say(d, "How do I get there?")
+    assert [t.question for t in d.history] == ["How do I get there?"]
+
+
+class FailingLLM(ScriptedLLM):
+    def stream(self, prompt):
+        yield "Central Library "
+        raise RuntimeError("llama_decode returned -3")
+
+
+def test_a_failing_model_still_gets_the_grounded_answer(kb, retriever):
+    d, _ = make(kb, retriever, FailingLLM())
+    sentences, r = say(d, "Where is the library?")
+    assert r.kind == "fallback" and "llama_decode" in r.guard
+    assert "10" in " ".join(sentences)
+
+
 @pytest.mark.models
 def test_real_model_answer_is_grounded_and_remembered(pipeline):
     """With the real 270M model: whatever it writes, what is spoken names building 10 and
