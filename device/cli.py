@@ -32,15 +32,13 @@ def _ask(args) -> int:
     if args.wav and args.text:
         raise UserError("give either --wav FILE or --text QUESTION, not both")
     cfg = load_config(args.config)
-    if args.lang and args.wav:
-        cfg.asr.language = args.lang
     audio = None if args.text else read_wav(args.wav or BUNDLED_QUESTION, 16000)
     pipeline = Pipeline(cfg)
     try:
         if audio is None:
             result = pipeline.ask_text(args.text, lang=args.lang, sequential=args.sequential)
         else:
-            result = pipeline.ask_audio(audio, sequential=args.sequential)
+            result = pipeline.ask_audio(audio, sequential=args.sequential, language=args.lang)
     finally:
         pipeline.close()
     if args.out:

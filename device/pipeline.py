@@ -16,7 +16,7 @@ import queue
 import resource
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
@@ -87,7 +87,7 @@ class TurnResult:
     sample_rate: int = 0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, audio=None))     # asdict would deep-copy the answer's audio
         d.pop("audio")
         d["timings"] = {k: None if v is None else round(v, 4) for k, v in d["timings"].items()}
         return d
@@ -234,13 +234,16 @@ class Pipeline:
                 t.join()
 
     def _log(self, result: TurnResult) -> TurnResult:
+        """The whole turn to state_dir/turns.jsonl; only kind, language and timings to the
+        journal, which is kept longer and read more widely than the kiosk's own state."""
+        d = result.to_dict()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             with open(self.state_dir / TURN_LOG, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
         except OSError as e:
             log.warning("pipeline: cannot write %s: %s", self.state_dir / TURN_LOG, e)
-        log.info("turn: %s", json.dumps(result.to_dict(), ensure_ascii=False))
+        log.info("turn: %s", json.dumps({k: d[k] for k in ("kind", "language", "guard", "timings")}))
         return result
 
     def close(self) -> None:
