@@ -12,12 +12,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from campus_guide import prompt
+
+# Bundle names become folder names on the board and words in its shell: no spaces, no "..".
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 from export import ExportError
 
 SCHEMA_VERSION = 1
@@ -108,7 +112,7 @@ def make_bundle(gguf: str | Path, out: str | Path, eval_report: str | Path | Non
             dst.write(chunk)
             bar.update(len(chunk))
     digest = h.hexdigest()
-    stem = gguf.stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", gguf.stem).strip("-.") or "model"
     if stem.lower().endswith(f"-{info.file_type.lower()}"):
         stem = stem[:-len(info.file_type) - 1]
     stop_ids = [i for i in (info.eos_id, info.end_of_turn_id) if i is not None]
@@ -148,6 +152,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     for key, want in (("sha256", str), ("size", int), ("model_file", str), ("name", str)):
         if not isinstance(data[key], want):
             raise BundleError(f"{f}: {key} must be {want.__name__}; re-flash or re-export the bundle")
+    if not NAME_RE.fullmatch(data["name"]) or ".." in data["name"]:
+        raise BundleError(f"{f}: name {data['name']!r} is not a safe folder name; re-export the bundle")
     if Path(data["model_file"]).name != data["model_file"]:
         raise BundleError(f"{f}: model_file must be a file name inside the bundle, got {data['model_file']!r}")
     return Manifest(**{k: data[k] for k in fields})

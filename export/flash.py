@@ -275,16 +275,16 @@ class Flasher:
             log.warning("%s: could not stop the kiosk; the smoke test shares its memory", b.host)
         try:
             self._check(where)
-        except StepFailed:
+        except BaseException:
             if where == staged:                 # a model that cannot run is not worth resuming
                 b.run("cleanup", f"rm -rf {q(staged)}", check=False)
             b.run("restart", b.fill(self.opts.restart_cmd), check=False)   # previous model again
             raise
-        self._step("switch")
-        move = f"rm -rf {q(final)} && mv {q(staged)} {q(final)} && " if where == staged else ""
-        b.run("switch", f"{move}touch {q(final)} && {b.switch_cmd(m.name)}")
-        res.current = m.name
         try:
+            self._step("switch")
+            move = f"rm -rf {q(final)} && mv {q(staged)} {q(final)} && " if where == staged else ""
+            b.run("switch", f"{move}touch {q(final)} && {b.switch_cmd(m.name)}")
+            res.current = m.name
             self._step("restart")
             b.run("restart", b.fill(self.opts.restart_cmd))
             self._step("health")
@@ -298,7 +298,10 @@ class Flasher:
                 raise
             raise StepFailed(e.step, e.message + f"; board back on {res.current or 'no model'}") from None
         self._step("prune")
-        self._prune(probe.history + [m.name], set(probe.bundles) | {m.name})
+        # The model the board ran before its first flash (jetson_setup's `packaged`) is history too.
+        history = probe.history if not probe.current or probe.current in probe.history \
+            else [probe.current] + probe.history
+        self._prune(history + [m.name], set(probe.bundles) | {m.name})
         res.action = "flashed"
         self._step("done")
 
@@ -374,7 +377,9 @@ class Flasher:
         b = self.board
         self._step("rollback")
         back = b.switch_cmd(previous) if previous else f"rm -f {shlex.quote(b.root + '/current')}"
-        b.run("rollback", f"{back} && rm -rf {shlex.quote(b.bundles + '/' + failed)}")
+        # A re-flash of the current name replaced that very bundle: nothing older to go back to.
+        drop = f" && rm -rf {shlex.quote(b.bundles + '/' + failed)}" if failed != previous else ""
+        b.run("rollback", back + drop, check=False)
         b.run("rollback", b.fill(self.opts.restart_cmd), check=False)
         if previous and not b.healthy()[0]:
             log.warning("%s: back on %s but the kiosk is still not healthy", b.host, previous)

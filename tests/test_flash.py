@@ -78,6 +78,23 @@ def test_failed_smoke_test_leaves_previous_model(board, tmp_path):
     assert not (board.root / "staging" / "bad").exists() and not (board.root / "bundles" / "bad").exists()
 
 
+def test_failed_switch_restarts_the_kiosk_on_the_previous_model(board, tmp_path, monkeypatch):
+    assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
+    monkeypatch.setattr(flashmod.Board, "switch_cmd", lambda self, name: "false")
+    res = flash_one(make_bundle(tmp_path / "b", "b"), board)
+    assert not res.ok and res.step == "switch"
+    assert board.current() == "a" and board.running() == "a"
+
+
+def test_unsafe_bundle_name_is_refused(board, tmp_path):
+    folder = make_bundle(tmp_path / "evil", "evil")
+    m = json.loads((folder / MANIFEST_FILE).read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps({**m, "name": "../.."}))
+    with pytest.raises(Exception, match="not a safe folder name"):
+        flash_one(folder, board)
+    assert not (board.root / "current").exists()
+
+
 def test_smoke_test_runs_with_the_kiosk_stopped(board, tmp_path):
     """Two pipelines do not fit on the board: the kiosk is stopped while the new model is tried."""
     assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
