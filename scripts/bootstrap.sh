@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-device,models}
 
-apt_pkgs=(libportaudio2 espeak-ng sox)
-[[ $extras == *dev* ]] && apt_pkgs+=(openssh-server openssh-client shellcheck systemd sudo)
+# A compiler and cmake build llama-cpp-python; python3-venv is Debian's split-out venv module.
+apt_pkgs=(libportaudio2 espeak-ng sox build-essential cmake python3-venv)
+[[ ,$extras, == *,dev,* ]] && apt_pkgs+=(openssh-server openssh-client shellcheck systemd sudo)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
