@@ -288,8 +288,8 @@ class Speaker:
         self.play_stream([audio])
 
     def play_stream(self, chunks: Iterable[np.ndarray]) -> None:
-        """Play chunks as they arrive (TTS sentence by sentence); `.playing` spans the whole stream."""
-        self._stop.clear()
+        """Play chunks as they arrive (TTS sentence by sentence); `.playing` spans the whole stream.
+        A stop() since the last resume() holds, even one that came before playback started."""
         self._playing.set()
         block = self.sample_rate // 20
         try:
@@ -304,6 +304,10 @@ class Speaker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def resume(self) -> None:
+        """Allow playback again after stop(); the kiosk calls it as each turn starts."""
+        self._stop.clear()
 
     def close(self) -> None:
         self._stream.stop()

@@ -23,16 +23,20 @@ from .pipeline import Pipeline, TurnResult
 log = logging.getLogger(__name__)
 
 ECHO_TAIL_S = 0.3   # the room still rings (and the driver still plays) just after playback
+HUNG_TURN_S = 120.0  # a turn this long is hung (speaker unplugged, GPU stuck): starve the watchdog
 
 
 def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], None] | None = None,
            on_tick: Callable[[], None] | None = None, stop: threading.Event | None = None) -> None:
     """Microphone chunks -> VAD utterances -> pipeline -> speaker, until `stop` is set or the
     microphone ends. `mic` yields float32 chunks (and may have flush()); `speaker` has
-    play_stream(), stop() and .playing."""
+    play_stream(), stop(), resume() and .playing. `on_tick` (the systemd watchdog) is called per
+    chunk, except while one turn has been running longer than HUNG_TURN_S, so that systemd
+    restarts a kiosk that still reads its microphone but can no longer answer."""
     stop = stop or threading.Event()
     vad, barge_in = pipeline.vad, pipeline.cfg.audio.barge_in
     busy = threading.Event()
+    busy_since = 0.0
     worker: threading.Thread | None = None
 
     def answer(utterance) -> None:
@@ -48,7 +52,7 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
     def chunks() -> Iterator:
         deaf_until = 0.0
         for chunk in mic:
-            if on_tick:
+            if on_tick and not (busy.is_set() and time.monotonic() - busy_since > HUNG_TURN_S):
                 on_tick()
             if stop.is_set():
                 return
@@ -76,10 +80,13 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
         for utterance in vad.utterances(chunks()):
             if stop.is_set():           # the half-heard utterance of a shutdown is not a question
                 break
-            if worker is not None:
-                worker.join()           # barge-in: the previous answer is being stopped
+            if worker is not None and worker.is_alive():
+                speaker.stop()          # barge-in: the new question replaces the pending answer
+                worker.join()
             log.info("kiosk: utterance %.1f s%s", utterance.duration_s,
                      " (cut at vad.max_utterance_s)" if utterance.cut else "")
+            speaker.resume()
+            busy_since = time.monotonic()
             busy.set()
             worker = threading.Thread(target=answer, args=(utterance,), name="turn", daemon=True)
             worker.start()

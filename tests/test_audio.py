@@ -188,7 +188,10 @@ def test_speaker_is_playing_only_while_it_plays_and_stops_early(fake_sd):
     assert seen == [True] and not spk.playing
     assert 0 < sum(map(len, fake_sd.written)) < 22050 * 2     # stopped before the end
 
-    fake_sd.written.clear()
+    fake_sd.written.clear()                 # a stop holds until resume(), even one that came
+    spk.play_stream(iter([np.ones(1000, np.float32)]))    # before playback started (shutdown)
+    assert fake_sd.written == []
+    spk.resume()
     spk.play_stream(iter([np.ones(1000, np.float32), np.zeros(500, np.float32)]))
     assert sum(map(len, fake_sd.written)) == 1500 and not spk.playing
 

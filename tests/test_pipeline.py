@@ -166,7 +166,6 @@ class FakeSpeaker:
         self.started, self._stop, self.playing = threading.Event(), threading.Event(), False
 
     def play_stream(self, chunks):
-        self._stop.clear()
         self.playing = True
         self.started.set()
         try:
@@ -182,9 +181,12 @@ class FakeSpeaker:
         self.stopped += 1
         self._stop.set()
 
+    def resume(self):
+        self._stop.clear()
 
-def _kiosk(pipeline, question, echo):
-    speaker = FakeSpeaker()
+
+def _kiosk(pipeline, question, echo, speaker=None):
+    speaker = speaker or FakeSpeaker()
     mic = FakeMic(question, speaker, echo)
     turns, ticks = [], []
     listen(pipeline, mic, speaker, on_turn=turns.append, on_tick=lambda: ticks.append(1))
@@ -197,6 +199,19 @@ def test_half_duplex_ignores_the_kiosk_own_voice(pipeline, question_en):
     assert len(turns) == 1 and "library" in turns[0].transcript.lower()
     assert speaker.received and speaker.stopped == 0
     assert len(ticks) == mic.chunks                 # the watchdog was fed on every chunk
+
+
+def test_a_hung_turn_starves_the_watchdog(pipeline, question_en, monkeypatch):
+    """A turn stuck in playback (an unplugged speaker blocks its writes): the microphone still
+    delivers, but the watchdog goes unfed, so systemd restarts the kiosk."""
+    import device.kiosk
+
+    monkeypatch.setattr(device.kiosk, "HUNG_TURN_S", 0.5)
+    pipeline.dialogue.history.clear()
+    turns, ticks, mic, _ = _kiosk(pipeline, question_en, echo=question_en,
+                                  speaker=FakeSpeaker(seconds=3.0))
+    assert len(turns) == 1
+    assert len(ticks) < mic.chunks - 50             # chunks read while hung fed nothing
 
 
 def test_barge_in_stops_playback_and_takes_the_new_question(pipeline, question_en, monkeypatch):

@@ -255,6 +255,9 @@ class FakeSpeaker:
     def stop(self):
         pass
 
+    def resume(self):
+        pass
+
 
 @pytest.mark.models
 def test_run_service_serves_a_spoken_question_through_the_real_kiosk_loop(
