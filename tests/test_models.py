@@ -80,22 +80,21 @@ def test_require_names_the_file_and_the_fix(tmp_path):
 
 @pytest.mark.models
 def test_device_modules_never_import_torch(models_dir):
-    """Loading every device stage (with its models) must leave torch out: it would cost the
-    8-GB board ~1 GB. Run in a fresh interpreter; this one may have torch from other tests."""
+    """What `campus-guide run` loads — the whole CLI (every area registers its subcommands) and
+    the whole pipeline with its models — must leave torch out: it would cost the 8-GB board
+    ~1 GB. Run in a fresh interpreter; this one may have torch from other tests."""
     code = f"""
 import importlib, pkgutil, sys
 import device
 for m in pkgutil.iter_modules(device.__path__):
     importlib.import_module("device." + m.name)
+from campus_guide.cli import build_parser
 from campus_guide.config import Config
-from device.asr import Transcriber
-from device.tts import Synthesizer
-from device.vad import VAD
+from device.pipeline import Pipeline
+build_parser()
 cfg = Config(models_dir={str(models_dir)!r})
 cfg.asr.model = "whisper-tiny.en"
-VAD(cfg.models_path("silero_vad.onnx"), cfg.vad)
-Transcriber(cfg, ["Library"])
-Synthesizer(cfg)
+Pipeline(cfg).close()
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print("TORCH:", bad)
 """
