@@ -311,7 +311,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     warm = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / total))
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # The schedule counts optimizer steps; accelerate's prepared scheduler would step once per
+    # process, decaying the LR N times too fast under `accelerate launch` on N GPUs.
+    model, opt = acc.prepare(model, opt)
     stream = batches(train, cfg.batch_size, cfg.seed + acc.process_index, tok.pad_token_id)
 
     out = Path(cfg.out)
@@ -365,8 +367,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
                 loss = answer_loss(model, batch)
                 acc.backward(loss)
                 opt.step()
-                sched.step()
                 opt.zero_grad()
+        sched.step()
         row = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
                "elapsed_s": round(time.time() - t0, 2)}
         bar.set_postfix(loss=f"{row['loss']:.3f}", best=f"{best:.3f}")

@@ -140,6 +140,13 @@ def load_base(base: str | Path, dtype: str = "float32"):
     if base.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)
         model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, **kw)
+        # The weights are already dequantized to `dtype`; transformers still tags the model as
+        # "quantized with gguf" and then refuses save_pretrained. Drop the tag (and keep
+        # quantization_config out of the merged config.json).
+        model.hf_quantizer = None
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(model.config, attr):
+                delattr(model.config, attr)
         return model, tok, sp_model_from_gguf(base)
     attn = {"attn_implementation": "eager"} if "gemma2" in (base / "config.json").read_text() else {}
     tok = AutoTokenizer.from_pretrained(base)
