@@ -1,6 +1,7 @@
 """Fine-tuning on a tiny random Gemma-3: labels, the answer-only loss, a real LoRA fit, configs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
     gen = HFGenerator(tiny, r.best_dir, max_tokens=6)       # the eval path for PEFT checkpoints
     text, stopped = gen(rows("en")[0]["prompt"])
     assert isinstance(text, str) and isinstance(stopped, bool)
+
+    # `train default` reuses a run only if it finished, on the same training data.
+    import shutil
+    from training.cli import _finished_fit
+    assert _finished_fit(cfg).best_step == r.best_step
+    edited = tmp_path / "edited" / Path(cfg.data).name           # same name, other content
+    shutil.copytree(cfg.data, edited)
+    (edited / "train.jsonl").write_text((edited / "train.jsonl").read_text() + "\n")
+    assert _finished_fit(dataclasses.replace(cfg, data=str(edited))) is None
+    (r.out_dir / "done.json").unlink()                            # as if interrupted
+    assert _finished_fit(cfg) is None
 
 
 @pytest.mark.parametrize("kw, message", [

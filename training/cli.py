@@ -181,14 +181,17 @@ def _same_dataset(data: Path, kb_sha: str, opts) -> bool:
 
 
 def _finished_fit(tcfg):
-    """The FitResult of a completed run with the same config hash, so that a default build that
-    failed after training (conversion, evaluation) resumes without training again."""
-    from training.fit import FitResult, config_hash
+    """The FitResult of a run that finished with the same config on the same training data, so
+    that a default build that failed after training (conversion, evaluation) resumes without
+    training again — and a knowledge-base edit or an interrupted run trains afresh."""
+    from training.fit import DONE, FitResult, config_hash, data_sha256
     from training.merge import TRAIN_RECORD
 
     out = Path(tcfg.out)
-    record, log_file = out / "best" / TRAIN_RECORD, out / "log.jsonl"
-    if not (record.is_file() and log_file.is_file()):
+    record, log_file, done = out / "best" / TRAIN_RECORD, out / "log.jsonl", out / DONE
+    if not (record.is_file() and log_file.is_file() and done.is_file()):
+        return None
+    if json.loads(done.read_text()).get("train_sha256") != data_sha256(tcfg):
         return None
     rec = json.loads(record.read_text())
     rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]

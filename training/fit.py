@@ -126,6 +126,14 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
     return cfg
 
 
+DONE = "done.json"   # written last: a run without it was interrupted
+
+
+def data_sha256(cfg: TrainConfig) -> str:
+    """The training split's checksum: same options on another dataset is another run."""
+    return hashlib.sha256((Path(cfg.data) / "train.jsonl").read_bytes()).hexdigest()
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Of every option, with paths reduced to their last component so the hash is the same on
     another machine."""
@@ -390,6 +398,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     bar.close()
     seconds = time.time() - t0
     plot = plot_log(log_file, out / "loss.png") if acc.is_main_process else None
+    if acc.is_main_process:
+        (out / DONE).write_text(json.dumps({"config_hash": config_hash(cfg), "steps": step,
+                                            "train_sha256": data_sha256(cfg)}))
     return FitResult(out, best_dir, best_step, best, first, step, stopped, seconds, log_file, plot)
 
 
