@@ -110,11 +110,14 @@ class Config:
     source: str | None = None       # the file this came from, for messages
 
     def models_path(self, name: str | None) -> Path | None:
-        """A model name under `models_dir`, or a path given as is."""
-        if name is None:
-            return None
-        p = Path(os.path.expanduser(name))
-        return p if p.is_absolute() or p.parent != Path(".") else Path(self.models_dir) / p
+        return None if name is None else resolve_model(name, self.models_dir)
+
+
+def resolve_model(name: str, models_dir: str | os.PathLike) -> Path:
+    """A bare name is a file under `models_dir`; anything with a folder in it is a path as is.
+    The one rule, so that the budget and the loaders always mean the same file."""
+    p = Path(os.path.expanduser(name))
+    return p if p.is_absolute() or p.parent != Path(".") else Path(models_dir) / p
 
 
 _CHECKS: dict[str, tuple[str, Any]] = {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from campus_guide.cli import UserError
-from campus_guide.config import LLMConfig
+from campus_guide.config import LLMConfig, resolve_model
 from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, stop_token_ids
 
 from .models import require
@@ -46,11 +46,6 @@ class GenStats:
     @property
     def tok_s(self) -> float:
         return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else 0.0
-
-
-def _resolve(name: str, models_dir: str | os.PathLike) -> Path:
-    p = Path(os.path.expanduser(name))
-    return p if p.is_absolute() or p.parent != Path(".") else Path(models_dir) / p
 
 
 def _hold_back(text: str) -> tuple[str, str, bool]:
@@ -86,7 +81,7 @@ class LLM:
 
     def __init__(self, cfg: LLMConfig, models_dir: str | os.PathLike = "models"):
         self.cfg = cfg
-        self.model_path = require(_resolve(cfg.model, models_dir), "LLM model file (GGUF)",
+        self.model_path = require(resolve_model(cfg.model, models_dir), "LLM model file (GGUF)",
                                   "llm.model")
         self.adapter_path = self._adapter(cfg.lora, Path(models_dir))
         self._verify_bundle(self.model_path.parent)
@@ -122,7 +117,7 @@ class LLM:
         if lora == "auto":
             p = models_dir / ADAPTER_NAME
             return p if p.is_file() else None
-        p = _resolve(lora, models_dir)
+        p = resolve_model(lora, models_dir)
         if not p.is_file():
             raise LLMError(
                 f"LoRA adapter not found: {p}. Fix llm.lora in the config "

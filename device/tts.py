@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from campus_guide.cli import UserError
-from campus_guide.config import Config, TTSConfig
+from campus_guide.config import Config, TTSConfig, resolve_model
 from device.audio import resample
 from device.models import require
 
@@ -95,9 +95,7 @@ class Synthesizer:
         self.voices = {}
         for lang, name in cfg.voices.items():
             if name:
-                p = Path(name).expanduser()
-                path = p if p.is_absolute() or p.parent != Path(".") else models_dir / p
-                self.voices[lang] = self._load(path, lang)
+                self.voices[lang] = self._load(resolve_model(name, models_dir), lang)
         self.sample_rate = next((v.config.sample_rate for v in self.voices.values()), DEFAULT_RATE)
 
     @staticmethod
