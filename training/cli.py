@@ -2,7 +2,6 @@
 shipped in campus_guide/data/). Heavy imports stay inside the handlers."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -168,10 +167,6 @@ def _print_table(reports) -> None:
         print(f"{r.model[:44]:44s} " + " ".join(f"{r.overall[m]:8.3f}" for m in METRICS))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _same_dataset(data: Path, kb_sha: str, opts) -> bool:
     card = data / "card.json"
     if not card.is_file():
@@ -207,6 +202,7 @@ def _finished_fit(tcfg):
 def cmd_default(args) -> int:
     """The campus-tuned default model, end to end and seeded."""
     from campus_guide.knowledge import load_kb
+    from export.bundle import sha256_file
     from export.llamacpp import convert_lora
     from training.dataset import DatasetOptions, build_dataset, read_jsonl
     from training.evaluate import evaluate, plot_reports, write_report
@@ -263,7 +259,7 @@ def cmd_default(args) -> int:
 
     record = {
         "command": " ".join(["campus-guide train default", *sys.argv[3:]]),
-        "base": {"file": base.name, "sha256": _sha256(base)},
+        "base": {"file": base.name, "sha256": sha256_file(base)},
         "kb": {"file": Path(cfg.kb).name, "sha256": load_kb(cfg.kb).sha256},
         "train_config": Path(args.train_config).name, "config_hash": config_hash(tcfg), "seed": args.seed,
         "method": tcfg.method, "lora": {"rank": tcfg.lora.rank, "alpha": tcfg.lora.alpha,
@@ -274,7 +270,7 @@ def cmd_default(args) -> int:
         "eval_minutes": round(sum(rep.seconds for rep in reports) / 60, 1),
         "cpu": f"{os.cpu_count()} cores",
         "heldout": {rep.model: {"overall": rep.overall, "by_split": rep.by_split} for rep in reports},
-        "adapter_sha256": _sha256(adapter), "adapter_bytes": size,
+        "adapter_sha256": sha256_file(adapter), "adapter_bytes": size,
     }
     (work / "campus-lora.json").write_text(json.dumps(record, ensure_ascii=False, indent=2))
     if not args.no_install:
