@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from campus_guide.config import ConfigError  # noqa: E402
 from campus_guide.prompt import END_OF_TURN, render_prompt, render_target  # noqa: E402
-from training.fit import (IGNORE, answer_loss, collate, encode, fit, load_train_config,  # noqa: E402
-                          TrainConfig)
+from training.fit import (IGNORE, answer_loss, collate, encode, finished_run, fit,  # noqa: E402
+                          load_train_config, TrainConfig)
 from training.tiny import make_tiny_model  # noqa: E402
 
 BUILDINGS = [("Central Library", "중앙도서관", 10), ("Student Union", "학생회관", 2),
@@ -118,14 +118,13 @@ def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
 
     # `train default` reuses a run only if it finished, on the same training data.
     import shutil
-    from training.cli import _finished_fit
-    assert _finished_fit(cfg).best_step == r.best_step
+    assert finished_run(cfg).best_step == r.best_step
     edited = tmp_path / "edited" / Path(cfg.data).name           # same name, other content
     shutil.copytree(cfg.data, edited)
     (edited / "train.jsonl").write_text((edited / "train.jsonl").read_text() + "\n")
-    assert _finished_fit(dataclasses.replace(cfg, data=str(edited))) is None
+    assert finished_run(dataclasses.replace(cfg, data=str(edited))) is None
     (r.out_dir / "done.json").unlink()                            # as if interrupted
-    assert _finished_fit(cfg) is None
+    assert finished_run(cfg) is None
 
 
 @pytest.mark.parametrize("kw, message", [

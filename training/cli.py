@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from campus_guide.cli import UserError
@@ -59,6 +58,20 @@ def register(sub) -> None:
     m.add_argument("--out", required=True)
     m.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     m.set_defaults(func=cmd_merge)
+
+    c = t.add_parser("compare", help="grounded vs memorised training: held-out fact accuracy per step "
+                                     "and the CPU minutes to reach a target")
+    c.add_argument("--work", default="runs/compare", help="work folder (one subfolder per variant)")
+    c.add_argument("--base", help="base GGUF or HF folder (default: the packaged Gemma-3 270M Q4_K_M)")
+    c.add_argument("--train-config", default=str(DEFAULT_CONFIG))
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    c.add_argument("--every", type=int, default=50, help="checkpoint and evaluate every N steps (default 50)")
+    c.add_argument("--target", type=float, default=0.95, help="fact accuracy to reach (default 0.95)")
+    c.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
+    c.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
+    c.add_argument("--max-tokens", type=int, default=96, help="answer token limit in the evaluation")
+    c.set_defaults(func=cmd_compare)
 
     g = t.add_parser("default", help="rebuild campus_guide/data/campus-lora.gguf: dataset, LoRA on "
                                      "Gemma-3 270M, GGUF adapter, eval tuned vs base")
@@ -167,36 +180,24 @@ def _print_table(reports) -> None:
         print(f"{r.model[:44]:44s} " + " ".join(f"{r.overall[m]:8.3f}" for m in METRICS))
 
 
-def _same_dataset(data: Path, kb_sha: str, opts) -> bool:
-    card = data / "card.json"
-    if not card.is_file():
-        return False
-    c = json.loads(card.read_text())
-    return (c.get("kb_sha256"), c.get("options")) == (kb_sha, json.loads(json.dumps(asdict(opts))))
+def cmd_compare(args) -> int:
+    from training.compare import CompareOptions, compare, summary
 
-
-def _finished_fit(tcfg):
-    """The FitResult of a run that finished with the same config on the same training data, so
-    that a default build that failed after training (conversion, evaluation) resumes without
-    training again — and a knowledge-base edit or an interrupted run trains afresh."""
-    from training.fit import DONE, FitResult, config_hash, data_sha256
-    from training.merge import TRAIN_RECORD
-
-    out = Path(tcfg.out)
-    record, log_file, done = out / "best" / TRAIN_RECORD, out / "log.jsonl", out / DONE
-    if not (record.is_file() and log_file.is_file() and done.is_file()):
-        return None
-    if json.loads(done.read_text()).get("train_sha256") != data_sha256(tcfg):
-        return None
-    rec = json.loads(record.read_text())
-    rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
-    evals = [x["eval_loss"] for x in rows if "eval_loss" in x]
-    total = tcfg.max_steps or None
-    if rec.get("config_hash") != config_hash(tcfg) or len(evals) < 2:
-        return None
-    last = rows[-1]["step"]
-    return FitResult(out, out / "best", rec["step"], rec["eval_loss"], evals[0], last,
-                     bool(total and last < total), rows[-1]["elapsed_s"], log_file, out / "loss.png")
+    if args.every < 1 or not 0 < args.target <= 1:
+        raise UserError("--every must be at least 1 and --target within (0, 1]")
+    cfg = _cfg(args)
+    base = Path(args.base) if args.base and Path(args.base).is_dir() else _base_gguf(args.base)
+    opts = CompareOptions(Path(args.work), base.resolve(), Path(args.train_config), Path(cfg.kb),
+                          args.seed, args.max_steps, args.every, args.target, args.test_per_intent,
+                          args.eval_limit, args.max_tokens)
+    for c in compare(opts, cfg):
+        s = summary(c, args.target)
+        got = (f"{args.target:.0%} at step {s['reached']['step']} after {s['reached']['cpu_minutes']:.1f} CPU min"
+               if s["reached"] else f"{args.target:.0%} not reached; best {s['best']['fact']:.2f} at step "
+               f"{s['best']['step']} ({s['trained_cpu_minutes']:.1f} CPU min trained)")
+        print(f"{c.variant:10s} " + " ".join(f"{p.step}:{p.fact:.2f}" for p in c.points) + f"  -> {got}")
+    print(f"report: {Path(args.work) / 'compare.md'} (+ .json, .png)")
+    return 0
 
 
 def cmd_default(args) -> int:
@@ -204,16 +205,17 @@ def cmd_default(args) -> int:
     from campus_guide.knowledge import load_kb
     from export.bundle import sha256_file
     from export.llamacpp import convert_lora
-    from training.dataset import DatasetOptions, build_dataset, read_jsonl
+    from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
     from training.evaluate import evaluate, plot_reports, write_report
-    from training.fit import config_hash, fit, load_train_config
+    from training.fit import config_hash, finished_run, fit, load_train_config
+    from training.merge import gguf_base_config
 
     work = Path(args.work)
     cfg = _cfg(args)
     base = _base_gguf(args.base).resolve()
     data = work / "data"
     opts = DatasetOptions(seed=args.seed, phrasings_per_item=1, test_per_intent=args.test_per_intent)
-    if _same_dataset(data, load_kb(cfg.kb).sha256, opts):
+    if is_built(data, load_kb(cfg.kb).sha256, opts):
         log.info("1/4 dataset: reusing %s (same knowledge base and options)", data)
     else:
         log.info("1/4 dataset -> %s", data)
@@ -221,7 +223,7 @@ def cmd_default(args) -> int:
 
     tcfg = load_train_config(args.train_config, max_steps=args.max_steps)
     tcfg.base, tcfg.data, tcfg.out, tcfg.seed = str(base), str(data.resolve()), str((work / "run").resolve()), args.seed
-    r = _finished_fit(tcfg)
+    r = finished_run(tcfg)
     if r:
         log.info("2/4 reusing the finished run in %s (same config hash)", tcfg.out)
     else:
@@ -229,13 +231,8 @@ def cmd_default(args) -> int:
         r = fit(tcfg)
 
     log.info("3/4 adapter -> GGUF")
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    base_cfg = work / "base-config"     # the converter reads the base's hparams from config.json
-    hf_cfg = AutoConfig.from_pretrained(base.parent, gguf_file=base.name)
-    hf_cfg.architectures = hf_cfg.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[hf_cfg.model_type]]
-    hf_cfg.save_pretrained(base_cfg)
-    adapter = convert_lora(r.best_dir, base_cfg, work / "campus-lora.gguf", outtype="f16")
+    adapter = convert_lora(r.best_dir, gguf_base_config(base, work / "base-config"),
+                           work / "campus-lora.gguf", outtype="f16")
     size = adapter.stat().st_size
     if size > ADAPTER_MAX_BYTES:
         raise UserError(f"{adapter} is {size / 2**20:.1f} MiB; the shipped adapter must stay under "

@@ -498,6 +498,16 @@ def build_dataset(kb_path: str | Path, out_dir: str | Path, cfg: Config | None =
     return write_dataset(splits, Path(out_dir), meta)
 
 
+def is_built(out_dir: str | Path, kb_sha256: str, opts: DatasetOptions) -> bool:
+    """A dataset already in `out_dir` from the same knowledge base and options (so a long recipe
+    that is run again does not rebuild it, and an edited knowledge base does)."""
+    card = Path(out_dir) / "card.json"
+    if not card.is_file():
+        return False
+    c = json.loads(card.read_text(encoding="utf-8"))
+    return (c.get("kb_sha256"), c.get("options")) == (kb_sha256, json.loads(json.dumps(asdict(opts))))
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
         for line in f:

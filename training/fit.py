@@ -361,10 +361,10 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
             with log_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()   # CPU time: what a training budget is spent in
     first = best = evaluate()
     best_step, bad, stopped = 0, 0, False
-    write({"step": 0, "eval_loss": first, "elapsed_s": 0.0})
+    write({"step": 0, "eval_loss": first, "elapsed_s": 0.0, "cpu_s": 0.0})
     best_dir = save("best", {"step": 0, "eval_loss": first})
     model.train()
     bar = tqdm(range(1, total + 1), desc=f"{cfg.method} fit", disable=not (progress and acc.is_main_process))
@@ -378,7 +378,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
                 opt.zero_grad()
         sched.step()
         row = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-               "elapsed_s": round(time.time() - t0, 2)}
+               "elapsed_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)}
         bar.set_postfix(loss=f"{row['loss']:.3f}", best=f"{best:.3f}")
         if step % cfg.eval_steps == 0 or step == total:
             row["eval_loss"] = ev = evaluate()
@@ -402,6 +402,28 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
         (out / DONE).write_text(json.dumps({"config_hash": config_hash(cfg), "steps": step,
                                             "train_sha256": data_sha256(cfg)}))
     return FitResult(out, best_dir, best_step, best, first, step, stopped, seconds, log_file, plot)
+
+
+def finished_run(cfg: TrainConfig) -> FitResult | None:
+    """The result of a run that finished with the same config on the same training data, so that
+    a recipe that failed after training (conversion, evaluation) resumes without training again,
+    while a knowledge-base edit, a config change or an interrupted run trains afresh."""
+    from training.merge import TRAIN_RECORD
+
+    out = Path(cfg.out)
+    record, log_file, done = out / "best" / TRAIN_RECORD, out / "log.jsonl", out / DONE
+    if not (record.is_file() and log_file.is_file() and done.is_file()):
+        return None
+    if json.loads(done.read_text()).get("train_sha256") != data_sha256(cfg):
+        return None
+    rec = json.loads(record.read_text())
+    rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
+    evals = [x["eval_loss"] for x in rows if "eval_loss" in x]
+    if rec.get("config_hash") != config_hash(cfg) or len(evals) < 2:
+        return None
+    last, total = rows[-1]["step"], cfg.max_steps or None
+    return FitResult(out, out / "best", rec["step"], rec["eval_loss"], evals[0], last,
+                     bool(total and last < total), rows[-1]["elapsed_s"], log_file, out / "loss.png")
 
 
 def plot_log(log_file: Path, png: Path) -> Path:

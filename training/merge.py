@@ -155,6 +155,18 @@ def load_base(base: str | Path, dtype: str = "float32"):
     return model, tok, sp.read_bytes() if sp.is_file() else None
 
 
+def gguf_base_config(base_gguf: Path, out_dir: Path) -> Path:
+    """The HF config.json of a GGUF base, written to `out_dir`: llama.cpp's LoRA converter reads
+    the base's hyper-parameters from it and needs no base weights."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cfg = AutoConfig.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
+    cfg.architectures = cfg.architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.model_type]]
+    cfg.save_pretrained(out_dir)
+    return out_dir
+
+
 def nf4_round_trip(model) -> int:
     """Replace every Linear weight the 4-bit training quantized (all but the output head) by its
     NF4-dequantized value; returns the count."""

@@ -1,0 +1,239 @@
+"""Grounded vs memorised: is it cheaper to teach the guide to answer from the facts retrieval puts
+in its prompt, or to teach it the campus by heart?
+
+One recipe, two variants that differ in one thing only. Both datasets come from the same knowledge
+base and seed, so they hold the same questions, answers and held-out split; the grounded prompts
+carry the facts the kiosk's retrieval finds (as on the device), the memorised ones none. Both are
+trained with the same config, an adapter saved every `every` steps and no early stopping. Each
+checkpoint then answers the same held-out questions greedily, and its fact accuracy is set against
+the CPU minutes training had spent to reach it: the curve, and the minutes to `target`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from campus_guide.cli import UserError
+from campus_guide.config import Config
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("grounded", "memorised")
+
+
+@dataclass
+class CompareOptions:
+    work: Path                       # one folder per variant: data/, run/, gguf/, eval/
+    base: Path                       # GGUF (evaluated through llama.cpp, as the kiosk runs it) or HF folder
+    train_config: Path
+    kb: Path
+    seed: int = 0
+    max_steps: int | None = None     # None: the config's
+    every: int = 50                  # checkpoint (and evaluation) interval in steps
+    target: float = 0.95             # fact accuracy whose cost is reported
+    test_per_intent: int = 2
+    eval_limit: int | None = None
+    max_tokens: int = 96
+
+
+@dataclass
+class Point:
+    step: int
+    cpu_minutes: float               # training CPU time up to this step (the process, all threads)
+    wall_minutes: float
+    fact: float
+    fact_by_split: dict[str, float]
+    fact_by_type: dict[str, float]
+    stop: float
+
+
+@dataclass
+class Curve:
+    variant: str
+    points: list[Point] = field(default_factory=list)
+
+    def first_reaching(self, target: float) -> Point | None:
+        return next((p for p in self.points if p.fact >= target), None)
+
+    def best(self) -> Point:
+        return max(self.points, key=lambda p: (p.fact, -p.step))
+
+
+def compare(opts: CompareOptions, cfg: Config | None = None) -> list[Curve]:
+    """Train and evaluate both variants (resuming whatever an earlier call finished); writes
+    compare.json, compare.md and compare.png into `opts.work` after each variant."""
+    from campus_guide.knowledge import load_kb
+    from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
+    from training.fit import finished_run, fit, load_train_config
+
+    cfg = cfg or Config()
+    kb = load_kb(opts.kb)
+    work = Path(opts.work)
+    curves: list[Curve] = []
+    tests: dict[str, list[dict]] = {}
+    for variant in VARIANTS:
+        root = work / variant
+        data = root / "data"
+        dopts = DatasetOptions(seed=opts.seed, phrasings_per_item=1, test_per_intent=opts.test_per_intent,
+                               memorised=variant == "memorised")
+        if not is_built(data, kb.sha256, dopts):
+            log.info("%s: dataset -> %s", variant, data)
+            build_dataset(opts.kb, data, cfg, dopts)
+        tests[variant] = list(read_jsonl(data / "test.jsonl"))[:opts.eval_limit]
+        _check_same_questions(tests)
+
+        tcfg = load_train_config(opts.train_config, max_steps=opts.max_steps, save_steps=opts.every,
+                                 eval_steps=opts.every, patience=10**9)   # the whole curve: no early stop
+        tcfg.base, tcfg.data, tcfg.out, tcfg.seed = (str(Path(opts.base).resolve()), str(data.resolve()),
+                                                     str((root / "run").resolve()), opts.seed)
+        if finished_run(tcfg):
+            log.info("%s: reusing the finished run in %s", variant, tcfg.out)
+        else:
+            log.info("%s: %s fine-tune, %s steps, checkpoint every %d", variant, tcfg.method,
+                     tcfg.max_steps or "config", opts.every)
+            shutil.rmtree(root / "eval", ignore_errors=True)       # scores of an older run
+            fit(tcfg)
+        curves.append(_curve(variant, root, tests[variant], opts, kb))
+        write_outputs(curves, opts, tcfg, len(tests[variant]))
+    return curves
+
+
+def _check_same_questions(tests: dict[str, list[dict]]) -> None:
+    """The comparison is only fair on the same held-out questions."""
+    qs = {v: [(r["question"], r["expect"]) for r in rows] for v, rows in tests.items()}
+    if len({json.dumps(q, ensure_ascii=False) for q in qs.values()}) > 1:
+        raise UserError("the grounded and memorised held-out splits differ; rebuild both datasets "
+                        "with the same knowledge base and seed (delete WORK/*/data)")
+
+
+def _checkpoints(run: Path) -> list[tuple[int, Path | None]]:
+    """(step, adapter folder) for the untuned base (step 0) and every saved step."""
+    steps = sorted(int(p.name.removeprefix("step-")) for p in run.glob("step-*")
+                   if p.name.removeprefix("step-").isdigit())
+    return [(0, None)] + [(s, run / f"step-{s}") for s in steps]
+
+
+def _generator(opts: CompareOptions, root: Path, step: int, adapter: Path | None):
+    from training.evaluate import HFGenerator, LlamaCppGenerator
+
+    base = Path(opts.base)
+    if base.suffix != ".gguf":
+        return HFGenerator(base, adapter, max_tokens=opts.max_tokens)
+    lora = None
+    if adapter is not None:
+        from export.llamacpp import convert_lora
+        from training.merge import gguf_base_config
+
+        lora = root / "gguf" / f"step-{step}.gguf"
+        if not lora.is_file():
+            base_cfg = root / "gguf" / "base-config"
+            if not (base_cfg / "config.json").is_file():
+                gguf_base_config(base, base_cfg)
+            convert_lora(adapter, base_cfg, lora, outtype="f16")
+    return LlamaCppGenerator(base, lora, max_tokens=opts.max_tokens)
+
+
+def _curve(variant: str, root: Path, rows: list[dict], opts: CompareOptions, kb) -> Curve:
+    from training.evaluate import Report, evaluate, write_report
+
+    run = root / "run"
+    log_rows = {r["step"]: r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r}
+    curve = Curve(variant)
+    for step, adapter in _checkpoints(run):
+        out = root / "eval" / f"step-{step}.json"
+        if out.is_file():
+            rep = json.loads(out.read_text(encoding="utf-8"))
+        else:
+            gen = _generator(opts, root, step, adapter)
+            try:
+                r: Report = evaluate(rows, gen, kb, f"{variant} test.jsonl")
+            finally:
+                gen.close()
+            r.model = f"{variant} step {step}"
+            write_report(r, out)
+            rep = r.to_json()
+        row = log_rows.get(step, {})
+        curve.points.append(Point(
+            step, round(row.get("cpu_s", row.get("elapsed_s", 0.0)) / 60, 2),
+            round(row.get("elapsed_s", 0.0) / 60, 2), rep["overall"]["fact"],
+            {k: v["fact"] for k, v in rep["by_split"].items()},
+            {k: v["fact"] for k, v in rep["by_type"].items()}, rep["overall"]["stop"]))
+        log.info("%s step %d: fact %.3f after %.1f CPU min", variant, step, curve.points[-1].fact,
+                 curve.points[-1].cpu_minutes)
+    return curve
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+def summary(curve: Curve, target: float) -> dict:
+    hit, best = curve.first_reaching(target), curve.best()
+    return {"reached": {"step": hit.step, "cpu_minutes": hit.cpu_minutes} if hit else None,
+            "best": {"step": best.step, "fact": best.fact, "cpu_minutes": best.cpu_minutes},
+            "trained_cpu_minutes": curve.points[-1].cpu_minutes}
+
+
+def write_outputs(curves: list[Curve], opts: CompareOptions, tcfg, n: int) -> None:
+    from training.fit import config_hash
+
+    work = Path(opts.work)
+    report = {
+        "target": opts.target, "train_config": Path(opts.train_config).name,
+        "config_hash": config_hash(tcfg), "base": Path(opts.base).name, "seed": opts.seed,
+        "held_out_questions": n,
+        "variants": {c.variant: {"summary": summary(c, opts.target),
+                                 "points": [asdict(p) for p in c.points]} for c in curves},
+    }
+    (work / "compare.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    (work / "compare.md").write_text(markdown(curves, opts.target, n),
+                                     encoding="utf-8")
+    plot(curves, opts.target, work / "compare.png")
+
+
+def markdown(curves: list[Curve], target: float, n: int) -> str:
+    lines = [f"Fact accuracy on the same {n} held-out questions, by training step and the CPU minutes "
+             "spent to reach it.", "",
+             "| step | " + " | ".join(f"{c.variant} CPU min | {c.variant} fact" for c in curves) + " |",
+             "|---|" + "---|---|" * len(curves)]
+    steps = sorted({p.step for c in curves for p in c.points})
+    for s in steps:
+        cells = []
+        for c in curves:
+            p = next((p for p in c.points if p.step == s), None)
+            cells += [f"{p.cpu_minutes:.1f}", f"{p.fact:.2f}"] if p else ["", ""]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for c in curves:
+        s = summary(c, target)
+        if s["reached"]:
+            lines.append(f"- **{c.variant}**: {target:.0%} at step {s['reached']['step']}, after "
+                         f"{s['reached']['cpu_minutes']:.1f} CPU minutes.")
+        else:
+            lines.append(f"- **{c.variant}**: {target:.0%} not reached in {s['trained_cpu_minutes']:.1f} "
+                         f"CPU minutes; best {s['best']['fact']:.2f} at step {s['best']['step']}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: list[Curve], target: float, png: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for c in curves:
+        ax.plot([p.cpu_minutes for p in c.points], [p.fact for p in c.points], "o-", label=c.variant)
+        for p in c.points:
+            ax.annotate(str(p.step), (p.cpu_minutes, p.fact), fontsize=6, xytext=(2, 3),
+                        textcoords="offset points")
+    ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:.0%}")
+    ax.set_xlabel("training CPU minutes (labels: step)")
+    ax.set_ylabel("held-out fact accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("grounded vs memorised training", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
