@@ -127,6 +127,21 @@ def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
     assert finished_run(cfg) is None
 
 
+def test_evaluating_and_saving_more_often_trains_the_same_weights(tiny, data, tmp_path):
+    """`train compare` checkpoints and evaluates every N steps; its grounded run is the default's
+    training only if evaluation takes nothing from the random streams dropout draws on."""
+    runs = []
+    for name, kw in (("a", dict(eval_steps=1, save_steps=2, patience=100)), ("b", dict(eval_steps=4, save_steps=4))):
+        cfg = load_train_config(write_cfg(
+            tmp_path / f"{name}.yaml", base=str(tiny), data=str(data), out=name, max_steps=4, batch_size=4,
+            lr=5e-3, warmup_steps=1, eval_examples=4, max_length=400,
+            lora={"rank": 4, "alpha": 8, "dropout": 0.2}, **kw))
+        runs.append(fit(cfg, progress=False))
+    a, b = (r.out_dir / "step-4" / "adapter_model.safetensors" for r in runs)
+    assert a.read_bytes() == b.read_bytes()
+    assert runs[0].config_hash != runs[1].config_hash
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"methd": "lora"}, "unknown key 'methd' (did you mean 'method'?)"),
     ({"method": "dora"}, "'method' must be one of lora, qlora, full"),

@@ -80,6 +80,8 @@ def register(sub) -> None:
     g.add_argument("--train-config", default=str(DEFAULT_CONFIG))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    g.add_argument("--run", help="a finished run on the same data to use instead of training "
+                                 "(e.g. runs/compare/grounded/run)")
     g.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
     g.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
     g.add_argument("--max-tokens", type=int, default=96, help="answer token limit in the evaluation")
@@ -207,7 +209,7 @@ def cmd_default(args) -> int:
     from export.llamacpp import convert_lora
     from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
     from training.evaluate import evaluate, plot_reports, write_report
-    from training.fit import config_hash, finished_run, fit, load_train_config
+    from training.fit import data_sha256, finished_run, fit, load_train_config, read_run
     from training.merge import gguf_base_config
 
     work = Path(args.work)
@@ -223,9 +225,14 @@ def cmd_default(args) -> int:
 
     tcfg = load_train_config(args.train_config, max_steps=args.max_steps)
     tcfg.base, tcfg.data, tcfg.out, tcfg.seed = str(base), str(data.resolve()), str((work / "run").resolve()), args.seed
-    r = finished_run(tcfg)
+    r = read_run(args.run) if args.run else finished_run(tcfg)
+    if args.run and r is None:
+        raise UserError(f"{args.run} is not a finished training run (it needs best/, log.jsonl and done.json)")
+    if args.run and r.train_sha256 != data_sha256(tcfg):
+        raise UserError(f"{args.run} was trained on other data than {data / 'train.jsonl'}; use a run of "
+                        f"the same knowledge base and seed, or drop --run to train")
     if r:
-        log.info("2/4 reusing the finished run in %s (same config hash)", tcfg.out)
+        log.info("2/4 using the finished run in %s", r.out_dir)
     else:
         log.info("2/4 LoRA fine-tune of %s", base.name)
         r = fit(tcfg)
@@ -254,13 +261,15 @@ def cmd_default(args) -> int:
     plot_reports(reports, work / "eval.png")
     _print_table(reports)
 
+    peft = json.loads((r.best_dir / "adapter_config.json").read_text())     # what was trained, not asked
     record = {
         "command": " ".join(["campus-guide train default", *sys.argv[3:]]),
         "base": {"file": base.name, "sha256": sha256_file(base)},
         "kb": {"file": Path(cfg.kb).name, "sha256": load_kb(cfg.kb).sha256},
-        "train_config": Path(args.train_config).name, "config_hash": config_hash(tcfg), "seed": args.seed,
-        "method": tcfg.method, "lora": {"rank": tcfg.lora.rank, "alpha": tcfg.lora.alpha,
-                                        "target_modules": tcfg.lora.target_modules},
+        "train_config": Path(args.train_config).name, **({"run": args.run} if args.run else {}),
+        "config_hash": r.config_hash, "seed": args.seed,
+        "method": "lora", "lora": {"rank": peft["r"], "alpha": peft["lora_alpha"],
+                                   "target_modules": sorted(peft["target_modules"])},
         "steps": r.steps, "best_step": r.best_step, "eval_loss": {"start": round(r.first_eval_loss, 4),
                                                                   "best": round(r.best_eval_loss, 4)},
         "train_minutes": round(r.seconds / 60, 1),

@@ -292,6 +292,8 @@ class FitResult:
     seconds: float
     log_file: Path
     plot_file: Path | None
+    config_hash: str = ""
+    train_sha256: str = ""            # of the train.jsonl it was trained on
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
@@ -398,32 +400,40 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     bar.close()
     seconds = time.time() - t0
     plot = plot_log(log_file, out / "loss.png") if acc.is_main_process else None
+    done = {"config_hash": config_hash(cfg), "steps": step, "stopped_early": stopped,
+            "train_sha256": data_sha256(cfg)}
     if acc.is_main_process:
-        (out / DONE).write_text(json.dumps({"config_hash": config_hash(cfg), "steps": step,
-                                            "train_sha256": data_sha256(cfg)}))
-    return FitResult(out, best_dir, best_step, best, first, step, stopped, seconds, log_file, plot)
+        (out / DONE).write_text(json.dumps(done))
+    return FitResult(out, best_dir, best_step, best, first, step, stopped, seconds, log_file, plot,
+                     done["config_hash"], done["train_sha256"])
+
+
+def read_run(out_dir: str | Path) -> FitResult | None:
+    """A finished run's result, read back from its files; None if it was interrupted or is not
+    a run folder."""
+    from training.merge import TRAIN_RECORD
+
+    out = Path(out_dir)
+    record, log_file, done = out / "best" / TRAIN_RECORD, out / "log.jsonl", out / DONE
+    if not (record.is_file() and log_file.is_file() and done.is_file()):
+        return None
+    rec, fin = json.loads(record.read_text()), json.loads(done.read_text())
+    rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
+    evals = [x["eval_loss"] for x in rows if "eval_loss" in x]
+    if len(evals) < 2:
+        return None
+    return FitResult(out, out / "best", rec["step"], rec["eval_loss"], evals[0], rows[-1]["step"],
+                     fin.get("stopped_early", False), rows[-1]["elapsed_s"], log_file, out / "loss.png",
+                     fin.get("config_hash", ""), fin.get("train_sha256", ""))
 
 
 def finished_run(cfg: TrainConfig) -> FitResult | None:
     """The result of a run that finished with the same config on the same training data, so that
     a recipe that failed after training (conversion, evaluation) resumes without training again,
     while a knowledge-base edit, a config change or an interrupted run trains afresh."""
-    from training.merge import TRAIN_RECORD
-
-    out = Path(cfg.out)
-    record, log_file, done = out / "best" / TRAIN_RECORD, out / "log.jsonl", out / DONE
-    if not (record.is_file() and log_file.is_file() and done.is_file()):
-        return None
-    if json.loads(done.read_text()).get("train_sha256") != data_sha256(cfg):
-        return None
-    rec = json.loads(record.read_text())
-    rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
-    evals = [x["eval_loss"] for x in rows if "eval_loss" in x]
-    if rec.get("config_hash") != config_hash(cfg) or len(evals) < 2:
-        return None
-    last, total = rows[-1]["step"], cfg.max_steps or None
-    return FitResult(out, out / "best", rec["step"], rec["eval_loss"], evals[0], last,
-                     bool(total and last < total), rows[-1]["elapsed_s"], log_file, out / "loss.png")
+    r = read_run(cfg.out)
+    ok = r is not None and (r.config_hash, r.train_sha256) == (config_hash(cfg), data_sha256(cfg))
+    return r if ok else None
 
 
 def plot_log(log_file: Path, png: Path) -> Path:
