@@ -79,9 +79,14 @@ def test_different_held_out_questions_are_refused():
 
 
 def test_summary_reports_the_first_checkpoint_at_the_target():
-    pts = [Point(s, m, m, f, {}, {}, 1.0) for s, m, f in [(0, 0, 0.1), (50, 5, 0.96), (100, 10, 0.97)]]
-    assert summary(Curve("grounded", pts), 0.95)["reached"] == {"step": 50, "cpu_minutes": 5}
+    pts = [Point(s, m, m, f, {"test_paraphrase": p, "test_template": t}, {}, 1.0)
+           for s, m, f, p, t in [(0, 0, 0.1, 0.1, 0.1), (50, 5, 0.96, 0.98, 0.9), (100, 10, 0.97, 0.97, 0.97)]]
+    s = summary(Curve("grounded", pts), 0.95)
+    assert s["reached"] == {"step": 50, "cpu_minutes": 5}
+    assert s["reached_by_split"] == {"test_paraphrase": {"step": 50, "cpu_minutes": 5},
+                                     "test_template": {"step": 100, "cpu_minutes": 10}}
     missed = summary(Curve("memorised", pts[:1]), 0.95)
     assert missed["reached"] is None and missed["best"]["fact"] == 0.1
     text = markdown([Curve("grounded", pts), Curve("memorised", pts[:1])], 0.95, 48)
     assert "95% at step 50, after 5.0 CPU minutes" in text and "95% not reached in 0.0 CPU minutes" in text
+    assert "test_template: 95% at step 100, after 10.0 CPU minutes" in text and "| 50 | 5.0 | 0.96 | 0.98 / 0.90 |" in text

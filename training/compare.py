@@ -55,8 +55,9 @@ class Curve:
     variant: str
     points: list[Point] = field(default_factory=list)
 
-    def first_reaching(self, target: float) -> Point | None:
-        return next((p for p in self.points if p.fact >= target), None)
+    def first_reaching(self, target: float, split: str | None = None) -> Point | None:
+        fact = (lambda p: p.fact) if split is None else (lambda p: p.fact_by_split.get(split, 0.0))
+        return next((p for p in self.points if fact(p) >= target), None)
 
     def best(self) -> Point:
         return max(self.points, key=lambda p: (p.fact, -p.step))
@@ -169,8 +170,13 @@ def _curve(variant: str, root: Path, rows: list[dict], opts: CompareOptions, kb)
 # --- outputs ------------------------------------------------------------------------------------------
 
 def summary(curve: Curve, target: float) -> dict:
-    hit, best = curve.first_reaching(target), curve.best()
-    return {"reached": {"step": hit.step, "cpu_minutes": hit.cpu_minutes} if hit else None,
+    """Where the curve first reaches the target, overall and on each held-out split (paraphrases
+    of trained questions and never-trained question templates tell different stories)."""
+    at = lambda p: {"step": p.step, "cpu_minutes": p.cpu_minutes} if p else None  # noqa: E731
+    best = curve.best()
+    splits = sorted({k for p in curve.points for k in p.fact_by_split})
+    return {"reached": at(curve.first_reaching(target)),
+            "reached_by_split": {s: at(curve.first_reaching(target, s)) for s in splits},
             "best": {"step": best.step, "fact": best.fact, "cpu_minutes": best.cpu_minutes},
             "trained_cpu_minutes": curve.points[-1].cpu_minutes}
 
@@ -193,16 +199,18 @@ def write_outputs(curves: list[Curve], opts: CompareOptions, tcfg, n: int) -> No
 
 
 def markdown(curves: list[Curve], target: float, n: int) -> str:
+    splits = sorted({k for c in curves for p in c.points for k in p.fact_by_split})
     lines = [f"Fact accuracy on the same {n} held-out questions, by training step and the CPU minutes "
-             "spent to reach it.", "",
-             "| step | " + " | ".join(f"{c.variant} CPU min | {c.variant} fact" for c in curves) + " |",
-             "|---|" + "---|---|" * len(curves)]
+             f"spent to reach it (by split: {', '.join(splits)}).", "",
+             "| step | " + " | ".join(f"{c.variant} CPU min | {c.variant} fact | by split" for c in curves) + " |",
+             "|---|" + "---|---|---|" * len(curves)]
     steps = sorted({p.step for c in curves for p in c.points})
     for s in steps:
         cells = []
         for c in curves:
             p = next((p for p in c.points if p.step == s), None)
-            cells += [f"{p.cpu_minutes:.1f}", f"{p.fact:.2f}"] if p else ["", ""]
+            cells += ([f"{p.cpu_minutes:.1f}", f"{p.fact:.2f}",
+                       " / ".join(f"{p.fact_by_split.get(k, 0):.2f}" for k in splits)] if p else ["", "", ""])
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("")
     for c in curves:
@@ -213,6 +221,9 @@ def markdown(curves: list[Curve], target: float, n: int) -> str:
         else:
             lines.append(f"- **{c.variant}**: {target:.0%} not reached in {s['trained_cpu_minutes']:.1f} "
                          f"CPU minutes; best {s['best']['fact']:.2f} at step {s['best']['step']}.")
+        for split, hit in s["reached_by_split"].items():
+            lines.append(f"  - {split}: " + (f"{target:.0%} at step {hit['step']}, after {hit['cpu_minutes']:.1f} "
+                                             "CPU minutes" if hit else "not reached"))
     return "\n".join(lines) + "\n"
 
 
@@ -223,7 +234,11 @@ def plot(curves: list[Curve], target: float, png: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for c in curves:
-        ax.plot([p.cpu_minutes for p in c.points], [p.fact for p in c.points], "o-", label=c.variant)
+        x = [p.cpu_minutes for p in c.points]
+        line, = ax.plot(x, [p.fact for p in c.points], "o-", label=f"{c.variant}: all held-out")
+        if any("test_paraphrase" in p.fact_by_split for p in c.points):
+            ax.plot(x, [p.fact_by_split.get("test_paraphrase", 0) for p in c.points], ":", color=line.get_color(),
+                    label=f"{c.variant}: held-out paraphrases")
         for p in c.points:
             ax.annotate(str(p.step), (p.cpu_minutes, p.fact), fontsize=6, xytext=(2, 3),
                         textcoords="offset points")
@@ -232,7 +247,7 @@ def plot(curves: list[Curve], target: float, png: Path) -> Path:
     ax.set_ylabel("held-out fact accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title("grounded vs memorised training", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
