@@ -61,32 +61,30 @@ def register(sub) -> None:
 
     c = t.add_parser("compare", help="grounded vs memorised training: held-out fact accuracy per step "
                                      "and the CPU minutes to reach a target")
-    c.add_argument("--work", default="runs/compare", help="work folder (one subfolder per variant)")
-    c.add_argument("--base", help="base GGUF or HF folder (default: the packaged Gemma-3 270M Q4_K_M)")
-    c.add_argument("--train-config", default=str(DEFAULT_CONFIG))
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    _recipe_options(c, "runs/compare", "work folder (one subfolder per variant)")
     c.add_argument("--every", type=int, default=50, help="checkpoint and evaluate every N steps (default 50)")
     c.add_argument("--target", type=float, default=0.95, help="fact accuracy to reach (default 0.95)")
-    c.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
-    c.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
-    c.add_argument("--max-tokens", type=int, default=96, help="answer token limit in the evaluation")
     c.set_defaults(func=cmd_compare)
 
     g = t.add_parser("default", help="rebuild campus_guide/data/campus-lora.gguf: dataset, LoRA on "
                                      "Gemma-3 270M, GGUF adapter, eval tuned vs base")
-    g.add_argument("--work", default="runs/campus-default", help="work folder (data, checkpoints, reports)")
-    g.add_argument("--base", help="base GGUF (default: the packaged Gemma-3 270M Q4_K_M)")
-    g.add_argument("--train-config", default=str(DEFAULT_CONFIG))
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    _recipe_options(g, "runs/campus-default", "work folder (data, checkpoints, reports)")
     g.add_argument("--run", help="a finished run on the same data to use instead of training "
                                  "(e.g. runs/compare/grounded/run)")
-    g.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
-    g.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
-    g.add_argument("--max-tokens", type=int, default=96, help="answer token limit in the evaluation")
     g.add_argument("--no-install", action="store_true", help="leave campus_guide/data/ untouched")
     g.set_defaults(func=cmd_default)
+
+
+def _recipe_options(p, work: str, work_help: str) -> None:
+    """What the two end-to-end recipes (compare, default) share: base, config, seed, held-out size."""
+    p.add_argument("--work", default=work, help=work_help)
+    p.add_argument("--base", help="base GGUF (compare: or an HF folder; default: the packaged Gemma-3 270M Q4_K_M)")
+    p.add_argument("--train-config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    p.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
+    p.add_argument("--max-tokens", type=int, default=96, help="answer token limit in the evaluation")
 
 
 def _cfg(args):
@@ -108,7 +106,8 @@ def cmd_dataset(args) -> int:
 def cmd_fit(args) -> int:
     from training.fit import fit, load_train_config
 
-    cfg = load_train_config(args.train_config, max_steps=args.max_steps, out=args.out)
+    out = str(Path(args.out).resolve()) if args.out else None   # from here, not from the YAML's folder
+    cfg = load_train_config(args.train_config, max_steps=args.max_steps, out=out)
     r = fit(cfg)
     print(f"best eval loss {r.best_eval_loss:.4f} at step {r.best_step} (from {r.first_eval_loss:.4f}), "
           f"{r.steps} steps in {r.seconds / 60:.1f} min{' (early stop)' if r.stopped_early else ''}")
@@ -183,7 +182,7 @@ def _print_table(reports) -> None:
 
 
 def cmd_compare(args) -> int:
-    from training.compare import CompareOptions, compare, summary
+    from training.compare import CompareOptions, compare
 
     if args.every < 1 or not 0 < args.target <= 1:
         raise UserError("--every must be at least 1 and --target within (0, 1]")
@@ -192,13 +191,9 @@ def cmd_compare(args) -> int:
     opts = CompareOptions(Path(args.work), base.resolve(), Path(args.train_config), Path(cfg.kb),
                           args.seed, args.max_steps, args.every, args.target, args.test_per_intent,
                           args.eval_limit, args.max_tokens)
-    for c in compare(opts, cfg):
-        s = summary(c, args.target)
-        got = (f"{args.target:.0%} at step {s['reached']['step']} after {s['reached']['cpu_minutes']:.1f} CPU min"
-               if s["reached"] else f"{args.target:.0%} not reached; best {s['best']['fact']:.2f} at step "
-               f"{s['best']['step']} ({s['trained_cpu_minutes']:.1f} CPU min trained)")
-        print(f"{c.variant:10s} " + " ".join(f"{p.step}:{p.fact:.2f}" for p in c.points) + f"  -> {got}")
-    print(f"report: {Path(args.work) / 'compare.md'} (+ .json, .png)")
+    compare(opts, cfg)
+    report = Path(args.work) / "compare.md"
+    print(report.read_text(encoding="utf-8") + f"\nreport: {report} (+ .json, .png)")
     return 0
 
 
@@ -210,21 +205,25 @@ def cmd_default(args) -> int:
     from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
     from training.evaluate import evaluate, plot_reports, write_report
     from training.fit import data_sha256, finished_run, fit, load_train_config, read_run
-    from training.merge import gguf_base_config
+    from training.merge import TRAIN_RECORD, gguf_base_config
 
     work = Path(args.work)
     cfg = _cfg(args)
     base = _base_gguf(args.base).resolve()
     data = work / "data"
+    kb = load_kb(cfg.kb)
     opts = DatasetOptions(seed=args.seed, phrasings_per_item=1, test_per_intent=args.test_per_intent)
-    if is_built(data, load_kb(cfg.kb).sha256, opts):
+    if is_built(data, kb.sha256, opts, cfg):
         log.info("1/4 dataset: reusing %s (same knowledge base and options)", data)
     else:
         log.info("1/4 dataset -> %s", data)
         build_dataset(cfg.kb, data, cfg, opts)
 
-    tcfg = load_train_config(args.train_config, max_steps=args.max_steps)
-    tcfg.base, tcfg.data, tcfg.out, tcfg.seed = str(base), str(data.resolve()), str((work / "run").resolve()), args.seed
+    tcfg = load_train_config(args.train_config, max_steps=args.max_steps, base=str(base), seed=args.seed,
+                             data=str(data.resolve()), out=str((work / "run").resolve()))
+    if tcfg.method != "lora":
+        raise UserError(f"{args.train_config}: the shipped model is a LoRA adapter (method: lora), not "
+                        f"'{tcfg.method}'; use `train fit` and `train merge` for other methods")
     r = read_run(args.run) if args.run else finished_run(tcfg)
     if args.run and r is None:
         raise UserError(f"{args.run} is not a finished training run (it needs best/, log.jsonl and done.json)")
@@ -246,7 +245,6 @@ def cmd_default(args) -> int:
                         f"10 MiB (lower lora.rank or target fewer modules)")
 
     log.info("4/4 held-out evaluation through llama.cpp: base vs tuned")
-    kb = load_kb(cfg.kb)
     rows = list(read_jsonl(data / "test.jsonl"))
     reports = []
     for lora in (None, adapter):
@@ -262,12 +260,14 @@ def cmd_default(args) -> int:
     _print_table(reports)
 
     peft = json.loads((r.best_dir / "adapter_config.json").read_text())     # what was trained, not asked
+    trained = json.loads((r.best_dir / TRAIN_RECORD).read_text())
+    argv = sys.argv[sys.argv.index("default") + 1:] if "default" in sys.argv else []
     record = {
-        "command": " ".join(["campus-guide train default", *sys.argv[3:]]),
+        "command": " ".join(["campus-guide train default", *argv]),
         "base": {"file": base.name, "sha256": sha256_file(base)},
-        "kb": {"file": Path(cfg.kb).name, "sha256": load_kb(cfg.kb).sha256},
+        "kb": {"file": Path(cfg.kb).name, "sha256": kb.sha256},
         "train_config": Path(args.train_config).name, **({"run": args.run} if args.run else {}),
-        "config_hash": r.config_hash, "seed": args.seed,
+        "config_hash": r.config_hash, "seed": trained["seed"],
         "method": "lora", "lora": {"rank": peft["r"], "alpha": peft["lora_alpha"],
                                    "target_modules": sorted(peft["target_modules"])},
         "steps": r.steps, "best_step": r.best_step, "eval_loss": {"start": round(r.first_eval_loss, 4),

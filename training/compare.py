@@ -73,29 +73,31 @@ def compare(opts: CompareOptions, cfg: Config | None = None) -> list[Curve]:
     cfg = cfg or Config()
     kb = load_kb(opts.kb)
     work = Path(opts.work)
-    curves: list[Curve] = []
     tests: dict[str, list[dict]] = {}
-    for variant in VARIANTS:
-        root = work / variant
-        data = root / "data"
+    for variant in VARIANTS:        # both datasets first: a mismatch is found before an hour of training
+        data = work / variant / "data"
         dopts = DatasetOptions(seed=opts.seed, phrasings_per_item=1, test_per_intent=opts.test_per_intent,
                                memorised=variant == "memorised")
-        if not is_built(data, kb.sha256, dopts):
+        if not is_built(data, kb.sha256, dopts, cfg):
             log.info("%s: dataset -> %s", variant, data)
             build_dataset(opts.kb, data, cfg, dopts)
         tests[variant] = list(read_jsonl(data / "test.jsonl"))[:opts.eval_limit]
-        _check_same_questions(tests)
+    _check_same_questions(tests)
 
+    curves: list[Curve] = []
+    for variant in VARIANTS:
+        root = work / variant
         tcfg = load_train_config(opts.train_config, max_steps=opts.max_steps, save_steps=opts.every,
-                                 eval_steps=opts.every, patience=10**9)   # the whole curve: no early stop
-        tcfg.base, tcfg.data, tcfg.out, tcfg.seed = (str(Path(opts.base).resolve()), str(data.resolve()),
-                                                     str((root / "run").resolve()), opts.seed)
+                                 eval_steps=opts.every, patience=10**9,   # the whole curve: no early stop
+                                 base=str(Path(opts.base).resolve()), data=str((root / "data").resolve()),
+                                 out=str((root / "run").resolve()), seed=opts.seed)
         if finished_run(tcfg):
             log.info("%s: reusing the finished run in %s", variant, tcfg.out)
         else:
             log.info("%s: %s fine-tune, %s steps, checkpoint every %d", variant, tcfg.method,
                      tcfg.max_steps or "config", opts.every)
-            shutil.rmtree(root / "eval", ignore_errors=True)       # scores of an older run
+            for old in ("run", "gguf", "eval"):     # an older run's checkpoints, conversions and scores
+                shutil.rmtree(root / old, ignore_errors=True)
             fit(tcfg)
         curves.append(_curve(variant, root, tests[variant], opts, kb))
         write_outputs(curves, opts, tcfg, len(tests[variant]))
@@ -141,13 +143,12 @@ def _curve(variant: str, root: Path, rows: list[dict], opts: CompareOptions, kb)
     from training.evaluate import Report, evaluate, write_report
 
     run = root / "run"
-    log_rows = {r["step"]: r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r}
+    log_rows = {r["step"]: r for r in (json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip())}
     curve = Curve(variant)
     for step, adapter in _checkpoints(run):
         out = root / "eval" / f"step-{step}.json"
-        if out.is_file():
-            rep = json.loads(out.read_text(encoding="utf-8"))
-        else:
+        rep = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
+        if rep is None or rep["examples"] != len(rows):      # not scored yet, or on another --eval-limit
             gen = _generator(opts, root, step, adapter)
             try:
                 r: Report = evaluate(rows, gen, kb, f"{variant} test.jsonl")

@@ -492,20 +492,26 @@ def build_dataset(kb_path: str | Path, out_dir: str | Path, cfg: Config | None =
     b = Builder(kb, cfg, opts)
     splits = b.build()
     meta = {"kb": str(kb_path), "kb_sha256": kb.sha256, "seed": opts.seed, "memorised": opts.memorised,
-            "here": cfg.dialogue.kiosk_location, "k": cfg.dialogue.retrieval_k,
-            "min_score": cfg.dialogue.min_score, "held_out_intents": list(HELD_OUT_INTENTS),
+            **_retrieval(cfg), "held_out_intents": list(HELD_OUT_INTENTS),
             "options": asdict(opts), "dropped": dict(b.dropped)}
     return write_dataset(splits, Path(out_dir), meta)
 
 
-def is_built(out_dir: str | Path, kb_sha256: str, opts: DatasetOptions) -> bool:
-    """A dataset already in `out_dir` from the same knowledge base and options (so a long recipe
-    that is run again does not rebuild it, and an edited knowledge base does)."""
+def is_built(out_dir: str | Path, kb_sha256: str, opts: DatasetOptions, cfg: Config) -> bool:
+    """A dataset already in `out_dir` from the same knowledge base, options and retrieval settings
+    (so a long recipe that is run again does not rebuild it, and an edit to any of them does)."""
     card = Path(out_dir) / "card.json"
     if not card.is_file():
         return False
     c = json.loads(card.read_text(encoding="utf-8"))
-    return (c.get("kb_sha256"), c.get("options")) == (kb_sha256, json.loads(json.dumps(asdict(opts))))
+    want = {"kb_sha256": kb_sha256, "options": json.loads(json.dumps(asdict(opts))), **_retrieval(cfg)}
+    return all(c.get(k) == v for k, v in want.items())
+
+
+def _retrieval(cfg: Config) -> dict:
+    """The kiosk settings that decide which prompts the dataset holds (recorded in the card)."""
+    d = cfg.dialogue
+    return {"here": d.kiosk_location, "k": d.retrieval_k, "min_score": d.min_score}
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Protocol
 
 from campus_guide import prompt
 from campus_guide.cli import UserError
+from campus_guide.knowledge.answers import has_fact
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,6 @@ def chrf(hyp: str, ref: str) -> float:
     from sacrebleu.metrics import CHRF
 
     return CHRF().sentence_score(hyp, [ref]).score / 100
-
-
-def has_fact(answer: str, fact: str) -> bool:
-    """Numbers must match as whole numbers ("1" is not in "10"); other facts as text."""
-    if fact.isdigit():
-        return re.search(rf"(?<!\d){re.escape(fact)}(?!\d)", answer) is not None
-    return fact.lower() in answer.lower()
 
 
 def says_unknown(answer: str) -> bool:

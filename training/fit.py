@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DONE).unlink(missing_ok=True)      # until this run finishes, the folder holds no finished run
+    for old in out.glob("step-*"):            # an earlier run's checkpoints would pose as this one's
+        shutil.rmtree(old)
     log_file = out / "log.jsonl"
     log_file.write_text("")
     record = {"method": cfg.method, "base": cfg.base, "config_hash": config_hash(cfg),
@@ -349,11 +353,11 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
         if acc.is_main_process:
             acc.unwrap_model(model).save_pretrained(d)
             if cfg.method == "full":
+                from training.merge import write_generation_config, write_tokenizer_files
                 tok.save_pretrained(d)
+                write_generation_config(d, tok)
                 if sp is not None:
-                    from training.merge import write_generation_config, write_tokenizer_files
                     write_tokenizer_files(d, sp)
-                    write_generation_config(d, tok)
             (d / "campus_train.json").write_text(json.dumps({**record, **extra}, indent=2))
         acc.wait_for_everyone()
         return d
