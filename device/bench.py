@@ -24,7 +24,8 @@ from campus_guide.prompt import render_prompt
 
 from .audio import read_wav
 from .dialogue import FIRST_CHARS
-from .pipeline import Collector, Pipeline, peak_rss_mb
+from .budget import peak_rss_mb
+from .pipeline import Collector, Pipeline
 from .splitter import split_sentences
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ start above `budget.total_gb`, which should equal the unit's MemoryMax=. Sizes a
 """
 from __future__ import annotations
 
+import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,19 @@ CUDA_RUNTIME = 300 * MiB
 N_UBATCH = 512             # llama-cpp-python's default micro-batch (n_batch = n_ubatch = 512)
 ANSWER_AUDIO_S = 60        # longest spoken answer kept in memory (max_tokens ~ 45 s of speech)
 TTS_RATE = 22050
+
+
+# --- measured memory (light: `campus-guide status` and the service import these) ---
+
+def rss_mb() -> float:
+    """Resident memory now (the kiosk's budget is shared CPU/GPU memory)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class BudgetError(UserError):

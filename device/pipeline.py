@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from campus_guide.knowledge import Retriever, load_kb
 
 from .asr import Transcriber, kb_hotwords
 from .audio import FileSource
+from .budget import rss_mb
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
 from .tts import Synthesizer
@@ -91,17 +91,6 @@ class TurnResult:
         d.pop("audio")
         d["timings"] = {k: None if v is None else round(v, 4) for k, v in d["timings"].items()}
         return d
-
-
-def rss_mb() -> float:
-    """Resident memory now (the kiosk's budget is shared CPU/GPU memory)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _produce(items: Iterable, q: queue.Queue, cancel: threading.Event) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from campus_guide.cli import UserError
 from campus_guide.config import Config
-from device.pipeline import peak_rss_mb, rss_mb
+from device.budget import peak_rss_mb, rss_mb
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -165,9 +166,9 @@ class Board:
     def fill(self, template: str, **values: str) -> str:
         v = dict(venv=self.opts.venv, config=self.opts.config, root=self.root, question=self.opts.question)
         v.update(values)
-        for k, x in v.items():              # not str.format: commands may hold literal JSON braces
-            template = template.replace("{" + k + "}", shlex.quote(str(x)))
-        return template
+        # One pass, known names only: not str.format (commands hold literal JSON braces), and a
+        # value that contains "{root}" is never expanded again.
+        return re.sub(r"\{(\w+)\}", lambda m: shlex.quote(str(v[m[1]])) if m[1] in v else m[0], template)
 
     def probe(self, name: str = "", model_file: str = "") -> Probe:
         """The board's state in one round trip (each SSH command costs a shell start)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from campus_guide import prompt
+from campus_guide.knowledge.answers import has_fact
 from export import ExportError
 from export.gguf import GGUFInfo, read_gguf
 from export.llamacpp import check_installed_version
@@ -130,8 +131,7 @@ def default_eval_items(kb_path: str | Path | None = None, here: str | None = Non
 
 
 def fact_correct(answer: str, expect: tuple[str, ...]) -> bool:
-    norm = lambda s: " ".join(s.casefold().split())  # noqa: E731
-    return all(norm(e) in norm(answer) for e in expect)
+    return all(has_fact(answer, e) for e in expect)
 
 
 # --- measuring ----------------------------------------------------------------------------------------

@@ -209,6 +209,7 @@ def test_command_templates_quote_fields_and_keep_literal_braces():
     try:
         assert b.fill("""{venv}/bin/x --text {question} && echo '{"ready": true}'""") == \
             """'/opt/my venv'/bin/x --text 'Where'"'"'s B12?' && echo '{"ready": true}'"""
+        assert b.fill("ask {question}", question="{root}") == "ask '{root}'"   # never expanded twice
     finally:
         b.close()
 

@@ -98,6 +98,13 @@ def test_where_am_i_names_the_kiosk_location(kb, question):
     assert "10" in compose_answer(r)
 
 
+def test_where_am_i_at_a_bare_junction_answers_without_failing(kb):
+    """A kiosk may stand at a graph junction, which is no entry and has no facts."""
+    r = Retriever(kb, here="east_crossroads").retrieve("where am I?")
+    assert all(h.id != "east_crossroads" for h in r.results)
+    assert compose_answer(r)
+
+
 def test_a_plain_location_question_has_no_route(retriever):
     assert retriever.retrieve("where is the library?").route is None
     assert retriever.retrieve("도서관 몇 시에 열어요?").route is None

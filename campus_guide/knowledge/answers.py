@@ -3,6 +3,8 @@ grounding check, and the basis of the training targets. Every fact in it comes f
 knowledge base, in the asker's language, in one to three sentences."""
 from __future__ import annotations
 
+import re
+
 from ..prompt import UNKNOWN
 from .retrieval import Retrieval
 from .routes import Route
@@ -12,6 +14,14 @@ NAMED = ("alias", "fuzzy")    # hits where the question itself named the entry
 
 # Sino-Korean digit readings that end in a consonant (영 일 삼 육 칠 팔), for particle choice.
 _DIGIT_BATCHIM = set("013678")
+
+
+def has_fact(answer: str, fact: str) -> bool:
+    """Whether an answer states a fact: numbers as whole numbers ("1" is not in "10", nor "10" in
+    "100"), other facts as case-insensitive text. The one test of fact accuracy (training, export)."""
+    if fact.isdigit():
+        return re.search(rf"(?<!\d){re.escape(fact)}(?!\d)", answer) is not None
+    return fact.lower() in answer.lower()
 
 
 def has_batchim(word: str) -> bool:

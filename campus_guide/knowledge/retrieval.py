@@ -302,8 +302,9 @@ class Retriever:
     def retrieve(self, question: str, k: int = 3) -> Retrieval:
         lang = language_of(question)
         names = self.name_matches(question)
-        if not names and _WHERE_AM_I.search(normalize(question).replace(" ", "") if lang == "ko"
-                                            else normalize(question)):
+        # "Where am I?" names the kiosk's own place; a bare graph junction has no facts to give.
+        if not names and self.here in self.ids and _WHERE_AM_I.search(
+                normalize(question).replace(" ", "") if lang == "ko" else normalize(question)):
             names = [_Match(self.here, 1.0, "here", "(kiosk location)")]
         best: dict[str, _Match] = {}
         for m in names:
