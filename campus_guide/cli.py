@@ -9,6 +9,7 @@ import logging
 import sys
 
 from .config import ConfigError
+from .errors import UserError
 
 # Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
 AREAS = (
@@ -20,14 +21,11 @@ AREAS = (
 )
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus-guide", description=__doc__)
     parser.add_argument("--config", help="YAML config (default: $CAMPUS_GUIDE_CONFIG or built-in)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging (llama.cpp's own messages included)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in AREAS:
         importlib.import_module(name).register(sub)
@@ -36,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Commands a person reads (ask, demo) log warnings only; services and long jobs log progress.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

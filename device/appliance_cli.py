@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import PACKAGE_DATA, load_config
 
 UNIT = "campus-guide"
@@ -91,7 +92,12 @@ def _budget(args) -> int:
             print(f"measured:   peak RSS {measured:.1f} MiB after loading every model, answering "
                   f"{args.measure} and speaking a {cfg.dialogue.max_sentence_chars}-character "
                   f"sentence: plan / measured = {planned / measured:.2f}")
-    return 1 if any(p.over for p in plans) else 0
+    over = [p for p in plans if p.over]
+    for p in over:
+        print(f"campus-guide: over budget: {p.title or 'the plan'} needs {p.total_gb:.2f} GiB of "
+              f"{p.budget_gb:.2f} GiB; use a smaller model or llm.n_ctx, or raise budget.total_gb",
+              file=sys.stderr)
+    return 1 if over else 0
 
 
 def _measure(cfg, wav: Path) -> float:

@@ -11,94 +11,42 @@ import logging
 import queue
 import threading
 import time
-from math import gcd
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import AudioConfig
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CHUNK = 512            # 32 ms at 16 kHz: the window silero VAD v5/v6 is trained on
-_ZERO_CROSSINGS = 16   # resampling filter half-length, in zero crossings of the lower rate
-_KAISER_BETA = 8.6     # ~ -80 dB stop band
-_BLOCK = 1 << 15       # output samples resampled per step (bounds memory on long files)
 
 
 class AudioError(UserError):
     """Audio that cannot be read, or a sound device that is not there."""
 
 
-class Resampler:
-    """Band-limited polyphase resampling (Kaiser-windowed sinc), numpy only.
-
-    The rational factor dst/src is reduced by the gcd and only the filter taps that meet a
-    real input sample are evaluated, so 44.1 -> 16 kHz costs ~90 multiply-adds per output.
-    `__call__` converts a whole clip; `feed` converts a live stream block by block with the
-    same result, keeping the filter's history between blocks (a microphone at 48 kHz).
-    """
-
-    def __init__(self, src_rate: int, dst_rate: int):
-        g = gcd(src_rate, dst_rate)
-        self.up, self.down = dst_rate // g, src_rate // g
-        factor = max(self.up, self.down)
-        self.half = _ZERO_CROSSINGS * factor
-        m = np.arange(-self.half, self.half + 1, dtype=np.float64)
-        cutoff = 0.5 / factor                   # cycles per sample at the upsampled rate
-        taps = 2 * cutoff * np.sinc(2 * cutoff * m) * np.kaiser(m.size, _KAISER_BETA) * self.up
-        self.per_phase = -(-taps.size // self.up)
-        taps = np.pad(taps, (0, self.per_phase * self.up - taps.size))
-        # bank[phase, j] = taps[phase + j * up]
-        self.bank = taps.reshape(self.per_phase, self.up).T.astype(np.float32)
-        self._history = np.zeros(self.per_phase, np.float32)   # input before the stream began
-        self._seen = 0                                          # input samples fed so far
-        self._made = 0                                          # output samples produced
-
-    def _outputs(self, x: np.ndarray, first_input: int, start: int, stop: int) -> np.ndarray:
-        """Outputs start..stop-1 from x, where x[per_phase] is input sample `first_input`."""
-        out = np.empty(max(0, stop - start), np.float32)
-        j = np.arange(self.per_phase)
-        for s in range(start, stop, _BLOCK):
-            t = np.arange(s, min(s + _BLOCK, stop), dtype=np.int64) * self.down + self.half
-            idx = (t // self.up)[:, None] - j[None, :] + self.per_phase - first_input
-            out[s - start:s - start + t.size] = np.einsum("ij,ij->i", self.bank[t % self.up], x[idx])
-        return out
-
-    def __call__(self, audio: np.ndarray) -> np.ndarray:
-        audio = np.asarray(audio, dtype=np.float32)
-        if self.up == self.down or audio.size == 0:
-            return audio
-        n_out = -(-audio.size * self.up // self.down)
-        padded = np.pad(audio, (self.per_phase, self.per_phase))
-        return self._outputs(padded, 0, 0, n_out)
-
-    def feed(self, block: np.ndarray) -> np.ndarray:
-        """The outputs whose input is complete once `block` is added (the filter looks
-        ahead by half its length, so output trails input by a few milliseconds)."""
-        block = np.asarray(block, dtype=np.float32).ravel()
-        if self.up == self.down:
-            return block
-        x = np.concatenate([self._history, block])
-        self._seen += block.size
-        first = self._seen - x.size + self.per_phase         # the input sample at x[per_phase]
-        # output n reads inputs up to (n*down + half) // up, which must already be here
-        stop = max(self._made, (self._seen * self.up - self.half - 1) // self.down + 1)
-        out = self._outputs(x, first, self._made, stop)
-        self._made = stop
-        oldest = (stop * self.down + self.half) // self.up - self.per_phase + 1
-        self._history = x[-min(x.size, self._seen - oldest):]
-        return out
-
-
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """A whole clip from src_rate to dst_rate (see Resampler)."""
+    """A whole clip from src_rate to dst_rate, band-limited and phase-true (libsoxr, "HQ")."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if src_rate == dst_rate or audio.size == 0:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, src_rate, dst_rate, quality="HQ")
+
+
+def _stream_resampler(src_rate: int, dst_rate: int):
+    """block -> resampled block, for live input; the identity at equal rates."""
     if src_rate == dst_rate:
-        return np.asarray(audio, dtype=np.float32)
-    return Resampler(src_rate, dst_rate)(audio)
+        return lambda block: np.asarray(block, dtype=np.float32).ravel()
+    import soxr
+
+    stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality="HQ")
+    return lambda block: stream.resample_chunk(np.asarray(block, dtype=np.float32).ravel())
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -220,7 +168,8 @@ class Microphone:
         sd = _sounddevice()
         device = _device(sd, cfg.input_device, "input")
         self.sample_rate, self.chunk = SAMPLE_RATE, chunk
-        self._resampler = Resampler(cfg.sample_rate, SAMPLE_RATE)
+        # a live stream keeps the filter's history between blocks (a microphone at 48 kHz)
+        self._resampler = _stream_resampler(cfg.sample_rate, SAMPLE_RATE)
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stream = _open(sd.InputStream, "microphone", "audio.input_device / audio.sample_rate",
                              samplerate=cfg.sample_rate, channels=1, dtype="float32",
@@ -247,7 +196,7 @@ class Microphone:
                 block = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            buf = np.concatenate([buf, self._resampler.feed(block)])
+            buf = np.concatenate([buf, self._resampler(block)])
             while buf.size >= self.chunk:
                 yield buf[:self.chunk]
                 buf = buf[self.chunk:]

@@ -18,15 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import PACKAGE_DATA, Config
 from campus_guide.prompt import render_prompt
 
 from .audio import read_wav
-from .dialogue import FIRST_CHARS
 from .budget import peak_rss_mb
 from .pipeline import Collector, Pipeline
-from .splitter import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +33,6 @@ QUESTIONS = (PACKAGE_DATA / "question_en.wav", PACKAGE_DATA / "question_ko.wav")
 # Korean question is decoded as Korean, as a Korean-first kiosk (asr.language: ko) would.
 LANGUAGES = (None, "ko")
 STAGES = ("asr_s", "first_token_s", "first_sentence_s", "first_audio_s", "total_s")
-
-
-def _fresh(p: Pipeline) -> None:
-    p.llm.reset()
-    p.dialogue.history.clear()
 
 
 def _floors(p: Pipeline, audio, language: str | None) -> tuple[dict, list[int]]:
@@ -56,7 +49,7 @@ def _floors(p: Pipeline, audio, language: str | None) -> tuple[dict, list[int]]:
 
     p.llm.reset()
     pieces = p.llm.stream(prompt)
-    first = next(iter(split_sentences(pieces, p.cfg.dialogue.max_sentence_chars, FIRST_CHARS)), "")
+    first = next(iter(p.dialogue.split(pieces)), "")
     pieces.close()
     decode_s = p.llm.last.decode_s   # generation time after the first token, up to the sentence
     t = time.perf_counter()
@@ -66,20 +59,6 @@ def _floors(p: Pipeline, audio, language: str | None) -> tuple[dict, list[int]]:
     floors = {"asr_s": asr_s, "retrieval_s": retrieval_s, "prefill_s": prefill_s,
               "first_sentence_decode_s": decode_s, "tts_first_sentence_s": tts_s}
     return floors, p.llm.tokenize(prompt)
-
-
-def _raw_decode_tok_s(p: Pipeline, tokens: list[int], n: int) -> float:
-    """llama.cpp alone: greedy tokens from the same prompt, no detokenization, no Python around."""
-    p.llm.reset()
-    llama, t0, count = p.llm.llama, None, 0
-    for _ in llama.generate(tokens, temp=0.0, repeat_penalty=1.0):
-        if t0 is None:
-            t0 = time.perf_counter()
-        else:
-            count += 1
-        if count >= n:
-            break
-    return count / (time.perf_counter() - t0) if count else 0.0
 
 
 def _median(values) -> float | None:
@@ -107,7 +86,7 @@ def run_bench(cfg: Config, out: str | Path, runs: int = 3) -> dict:
         for n, (i, q) in enumerate(tqdm(jobs, desc="bench", unit="question")):
             order = ("streamed", "sequential") if n % 2 == 0 else ("sequential", "streamed")
             for mode in order:
-                _fresh(p)
+                p.reset()
                 r = p.ask_audio(audios[q], Collector(), sequential=mode == "sequential",
                                 language=LANGUAGES[q])
                 if not r.answer:
@@ -116,11 +95,11 @@ def run_bench(cfg: Config, out: str | Path, runs: int = 3) -> dict:
                 turns[mode].append({"question": QUESTIONS[q].name, **r.to_dict()})
                 if r.llm_tokens > 1:
                     pipe_tok[mode].append((r.llm_tokens, r.decode_tok_s))
-            _fresh(p)
+            p.reset()
             f, tokens = _floors(p, audios[q], LANGUAGES[q])
             floors.append(f)
             n_tok = max(2, turns["streamed"][-1]["llm_tokens"])
-            raw.append(_raw_decode_tok_s(p, tokens, n_tok))
+            raw.append(p.llm.raw_decode_tok_s(tokens, n_tok))
     finally:
         p.close()
 

@@ -15,8 +15,9 @@ import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from campus_guide.cli import UserError
-from campus_guide.config import Config
+from campus_guide.errors import UserError
+from campus_guide.config import Config, resolve_adapter
+from campus_guide.ggufmeta import LLMShape, kv_cache_bytes, padded_ctx
 
 MiB = 2**20
 GiB = 2**30
@@ -55,73 +56,6 @@ def peak_rss_mb() -> float:
 
 class BudgetError(UserError):
     """A file the plan needs is missing or unreadable."""
-
-
-@dataclass
-class LLMShape:
-    """What the memory of a llama.cpp model depends on, besides its file size."""
-
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_head_kv: int
-    head_dim_k: int
-    head_dim_v: int
-    n_vocab: int
-    sliding_window: int = 0   # 0: none
-
-    @classmethod
-    def from_gguf(cls, path: str | Path) -> "LLMShape":
-        """Read the shape from the GGUF header (vocab-only load: ~1 s, no weights)."""
-        import llama_cpp
-        from llama_cpp._internals import LlamaModel
-
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        try:
-            model = LlamaModel(path_model=str(path), params=params, verbose=False)
-        except ValueError as e:
-            raise BudgetError(f"{path}: llama.cpp cannot read this GGUF ({e}); re-run "
-                              f"`campus-guide models fetch` or re-deploy the bundle") from None
-        try:
-            meta = model.metadata()
-            n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
-        finally:
-            model.close()
-        arch = meta.get("general.architecture", "?")
-
-        def num(key: str, default: int | None = None) -> int:
-            value = meta.get(f"{arch}.{key}")
-            if value is None and default is not None:
-                return default
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                raise BudgetError(f"{path}: cannot plan memory for a '{arch}' model: metadata "
-                                  f"'{arch}.{key}' is {value!r}, expected one number") from None
-
-        n_embd, n_head = num("embedding_length"), num("attention.head_count")
-        head_dim = num("attention.key_length", n_embd // n_head)
-        return cls(arch=arch, n_layer=num("block_count"), n_embd=n_embd,
-                   n_head_kv=num("attention.head_count_kv", n_head), head_dim_k=head_dim,
-                   head_dim_v=num("attention.value_length", head_dim), n_vocab=n_vocab,
-                   sliding_window=num("attention.sliding_window", 0))
-
-
-def padded_ctx(n_ctx: int) -> int:
-    """llama.cpp rounds the context up to a multiple of 256."""
-    return -(-n_ctx // 256) * 256
-
-
-def kv_cache_bytes(shape: LLMShape, n_ctx: int) -> int:
-    """f16 K and V for every layer and every context cell.
-
-    Sliding-window layers (Gemma-2 every other layer, Gemma-3 five of six) could keep only the
-    window, but llama-cpp-python keeps llama.cpp's default `swa_full=true`, which gives them the
-    full context too (its log: 36 MiB for Gemma-3 270M at n_ctx 2048, this formula exactly).
-    """
-    per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * 2
-    return shape.n_layer * padded_ctx(n_ctx) * per_cell
 
 
 def compute_bytes(shape: LLMShape, gpu: bool) -> int:
@@ -229,15 +163,10 @@ def _size(path: Path | None, what: str, key: str) -> int:
 
 def plan_for_config(cfg: Config) -> Plan:
     """The plan for this deployment, from its real files."""
-    from device.llm import ADAPTER_NAME
-
-    models = Path(cfg.models_dir)
     llm_path = cfg.models_path(cfg.llm.model)
     llm_bytes = _size(llm_path, "LLM model", "llm.model")
-    adapter = models / ADAPTER_NAME if cfg.llm.lora == "auto" else cfg.models_path(cfg.llm.lora)
-    adapter_bytes = 0
-    if adapter is not None and (cfg.llm.lora != "auto" or adapter.is_file()):
-        adapter_bytes = _size(adapter, "LoRA adapter", "llm.lora")
+    adapter = resolve_adapter(cfg.llm.lora, cfg.models_dir)
+    adapter_bytes = _size(adapter, "LoRA adapter", "llm.lora") if adapter else 0
     whisper = cfg.models_path(cfg.asr.model) / "model.bin"
     voices = {lang: _size(cfg.models_path(name), f"piper voice for '{lang}'", f"tts.voices.{lang}")
               for lang, name in cfg.tts.voices.items() if name}

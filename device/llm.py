@@ -15,18 +15,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from campus_guide.cli import UserError
-from campus_guide.config import LLMConfig, resolve_model
+from campus_guide.errors import UserError
+from campus_guide.bundle import MANIFEST_FILE, BundleError, verify_bundle
+from campus_guide.ggufmeta import read_gguf
+from campus_guide.config import ADAPTER_NAME, LLMConfig, resolve_adapter, resolve_model
 from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, stop_token_ids
 
 from .models import require
 
 log = logging.getLogger(__name__)
 
-ADAPTER_NAME = "campus-lora.gguf"
-MANIFEST = "manifest.json"
 # <start_of_turn> as text means a base model is writing the next turn itself: stop there too.
 _STOPS = STOP_STRINGS + (START_OF_TURN,)
+
+
+def _route_llama_log() -> None:
+    """llama.cpp prints its load chatter (27 lines of "cannot use buft 'CPU_REPACK'" for an
+    adapter) to stderr whatever `verbose` says. Send it to the `llama.cpp` logger instead: its
+    errors are shown, the rest only with `campus-guide -v`."""
+    import ctypes
+
+    import llama_cpp
+
+    chatter = logging.getLogger("llama.cpp")
+    GGML_LOG_ERROR = 4      # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace").rstrip()
+        if line:
+            chatter.log(logging.ERROR if level == GGML_LOG_ERROR else logging.DEBUG, "%s", line)
+
+    _route_llama_log.callback = callback     # ctypes keeps no reference of its own
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 class LLMError(UserError):
@@ -79,13 +100,19 @@ class Detokenizer:
 class LLM:
     """One loaded GGUF (+ optional LoRA adapter); `stream(prompt)` yields text pieces."""
 
-    def __init__(self, cfg: LLMConfig, models_dir: str | os.PathLike = "models"):
+    def __init__(self, cfg: LLMConfig, models_dir: str | os.PathLike = "models", *,
+                 logits_all: bool = False):
+        """`logits_all`: keep every position's logits, for `log_probs` (measuring, not serving)."""
         self.cfg = cfg
         self.model_path = require(resolve_model(cfg.model, models_dir), "LLM model file (GGUF)",
                                   "llm.model")
         self.adapter_path = self._adapter(cfg.lora, Path(models_dir))
         self._verify_bundle(self.model_path.parent)
+        read_gguf(self.model_path)     # a file that is no GGUF at all gets a plain answer
         from llama_cpp import Llama, llama_vocab_is_eog
+
+        if not hasattr(_route_llama_log, "callback"):
+            _route_llama_log()
 
         try:
             self.llama = Llama(
@@ -95,6 +122,8 @@ class LLM:
                 n_threads=cfg.n_threads or os.cpu_count(),
                 n_gpu_layers=cfg.n_gpu_layers,
                 seed=cfg.seed,
+                logits_all=logits_all,
+                n_batch=cfg.n_ctx if logits_all else 512,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as e:
@@ -112,13 +141,8 @@ class LLM:
 
     @staticmethod
     def _adapter(lora: str | None, models_dir: Path) -> Path | None:
-        if lora is None:
-            return None
-        if lora == "auto":
-            p = models_dir / ADAPTER_NAME
-            return p if p.is_file() else None
-        p = resolve_model(lora, models_dir)
-        if not p.is_file():
+        p = resolve_adapter(lora, models_dir)
+        if p is not None and not p.is_file():
             raise LLMError(
                 f"LoRA adapter not found: {p}. Fix llm.lora in the config "
                 f"(\"auto\" uses {models_dir / ADAPTER_NAME} when present, null uses none)."
@@ -128,15 +152,13 @@ class LLM:
     @staticmethod
     def _verify_bundle(folder: Path) -> None:
         """A deployed bundle carries checksums; a model that does not match them is refused."""
-        if not (folder / MANIFEST).is_file():
+        if not (folder / MANIFEST_FILE).is_file():
             return
-        from export.bundle import BundleError, verify_bundle
-
         try:
             verify_bundle(folder)
         except BundleError as e:
             raise LLMError(
-                f"model bundle {folder} does not match its {MANIFEST}: {e}. "
+                f"model bundle {folder} does not match its {MANIFEST_FILE}: {e}. "
                 f"Re-deploy the bundle (campus-guide flash) or remove the damaged file."
             ) from None
 
@@ -145,9 +167,21 @@ class LLM:
         ids = self.llama.tokenize(text.encode(), add_bos=False, special=True)
         return ids[0] if len(ids) == 1 else None
 
-    def tokenize(self, prompt: str) -> list[int]:
-        """The prompt carries no <bos>; llama.cpp adds exactly one (prompt.py's contract)."""
-        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    def tokenize(self, prompt: str, bos: bool = True) -> list[int]:
+        """The prompt carries no <bos>; llama.cpp adds exactly one (prompt.py's contract).
+        `bos=False` for text that continues a prompt (a reference answer)."""
+        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=bos, special=True)
+
+    def log_probs(self, ids: list[int], start: int) -> "numpy.ndarray":  # noqa: F821
+        """Log-softmax of the next-token distribution at every position from `start` on (what a
+        quantized model loses against its 16-bit original); needs `logits_all=True`."""
+        import numpy as np
+
+        self.reset()
+        self.llama.eval(ids)
+        logits = np.asarray(self.llama.scores[start - 1:len(ids) - 1], dtype=np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
 
     def fits(self, prompt: str) -> bool:
         """Whether the prompt leaves room for a full answer in the context window."""
@@ -207,6 +241,20 @@ class LLM:
         t = time.perf_counter()
         self.llama.eval(tokens)
         return time.perf_counter() - t
+
+    def raw_decode_tok_s(self, tokens: list[int], n: int) -> float:
+        """llama.cpp alone: greedy tokens/s after the first, no detokenization, no Python
+        around it (what `stream` is compared with)."""
+        self.reset()
+        t0, count = None, 0
+        for _ in self.llama.generate(tokens, temp=0.0, repeat_penalty=1.0):
+            if t0 is None:
+                t0 = time.perf_counter()
+            else:
+                count += 1
+            if count >= n:
+                break
+        return count / (time.perf_counter() - t0) if count else 0.0
 
     def reset(self) -> None:
         """Forget the KV cache, so the next prompt is evaluated in full (fair benchmarks)."""

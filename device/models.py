@@ -20,8 +20,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from campus_guide.cli import UserError
-from campus_guide.config import PACKAGE_DATA
+from campus_guide.errors import UserError
+from campus_guide.bundle import sha256_file
+from campus_guide.config import ADAPTER_NAME, PACKAGED_ADAPTER
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ def _smollm2() -> list[Entry]:
 
 
 def _campus_lora() -> list[Entry]:
-    path = PACKAGE_DATA / "campus-lora.gguf"
+    path = PACKAGED_ADAPTER
     if not path.is_file():
         raise ModelError(f"{path} is not there yet (the training toolchain adds it)")
-    return [Entry("campus-lora.gguf", "campus-guide (campus_guide/data)", [path])]
+    return [Entry(ADAPTER_NAME, "campus-guide (campus_guide/data)", [path])]
 
 
 # name, how to find it, required: optional ones are skipped with a log line when absent.
@@ -121,14 +122,6 @@ SOURCES: list[tuple[str, Callable[[], list[Entry]], bool]] = [
     ("SmolLM2-135M-Instruct GGUF", _smollm2, False),
     ("campus LoRA adapter", _campus_lora, False),
 ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stat(parts: list[Path]) -> list[list[int]]:

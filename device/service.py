@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from campus_guide.cli import UserError
+from campus_guide.bundle import MANIFEST_FILE, read_manifest
+from campus_guide.errors import UserError
 from campus_guide.config import Config
 from device.budget import peak_rss_mb, rss_mb
+from device.models import MANIFEST as MODELS_MANIFEST
+from device.models import read_manifest as read_models_manifest
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +92,24 @@ def _now() -> str:
 
 
 def model_info(cfg: Config) -> dict[str, Any]:
-    """The LLM in use: its path, the bundle's manifest.json beside it (a flashed board; the LLM
+    """The LLM in use: its path, the bundle's manifest beside it (a flashed board; the LLM
     loader has checked the file against it), else the sha256 `models fetch` recorded in
     models.json. The weights are never hashed here."""
     path = cfg.models_path(cfg.llm.model)
     real = path.resolve()
     info: dict[str, Any] = {"path": str(path), "resolved": str(real), "sha256": None}
-    manifest, sums = real.parent / "manifest.json", Path(cfg.models_dir) / "models.json"
+    sums = Path(cfg.models_dir) / MODELS_MANIFEST
     try:
-        if manifest.is_file():
-            info["manifest"] = json.loads(manifest.read_text(encoding="utf-8"))
-            if info["manifest"].get("model_file") == real.name:
-                info["sha256"] = info["manifest"].get("sha256")
+        if (real.parent / MANIFEST_FILE).is_file():
+            manifest = read_manifest(real.parent)
+            info["manifest"] = asdict(manifest)
+            if manifest.model_file == real.name:
+                info["sha256"] = manifest.sha256
         elif sums.is_file():
-            files = json.loads(sums.read_text(encoding="utf-8")).get("files", {})
-            name = os.path.relpath(real, Path(cfg.models_dir).resolve())
-            info["sha256"] = files.get(name, {}).get("sha256")
-    except (OSError, ValueError, AttributeError) as e:
-        info["manifest_error"] = f"{manifest if manifest.is_file() else sums}: {e}"
+            files = read_models_manifest(cfg.models_dir).get("files", {})
+            info["sha256"] = files.get(os.path.relpath(real, Path(cfg.models_dir).resolve()), {}).get("sha256")
+    except (OSError, UserError) as e:
+        info["manifest_error"] = str(e)
     return info
 
 

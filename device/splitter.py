@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator
 
+from campus_guide.korean import SYLLABLE
+
 ENDS = ".!?。！？"
 CLOSERS = "\"'”’)]」』"
 CLAUSE_MARKS = ",，、;:"
 # Words whose trailing period is part of the word, not the end of the sentence.
 ABBREVIATIONS = {"dr", "st", "mr", "mrs", "ms", "prof", "no", "vs", "approx", "e.g", "i.e", "bldg"}
-_HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _WORD_BEFORE = re.compile(r"([A-Za-z.]+)$")
 
 
@@ -45,7 +46,7 @@ def _sentence_end(buf: str, final: bool) -> int | None:
             return j
         if c == "." and j == i + 1:
             # "3.5", "B.12", "e.g": a period inside a token; Korean endings are the exception.
-            if i > 0 and _HANGUL.match(buf[i - 1]) and not nxt.isdigit():
+            if i > 0 and SYLLABLE.match(buf[i - 1]) and not nxt.isdigit():
                 return j
             i = j
             continue

@@ -1,5 +1,5 @@
 """export: merged model -> GGUF -> quantized + measured -> bundle -> board."""
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 
 
 class ExportError(UserError):

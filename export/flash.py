@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from export import ExportError
-from export.bundle import MANIFEST_FILE, Manifest, verify_bundle
+from campus_guide.bundle import MANIFEST_FILE, Manifest, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class Flasher:
         fill = dict(model=model, bundle=where, smoke_config=smoke_config)
         r = b.run("budget", f"{make_config} && {b.fill(self.opts.budget_cmd, **fill)}", check=False)
         if r.returncode != 0:
-            raise StepFailed("budget", f"the board's memory budget refuses this model: {_tail(r.stdout + r.stderr)}")
+            raise StepFailed("budget", f"the board's budget check refuses this model: {_tail(r.stdout + r.stderr)}")
         self._step("smoke test")
         r = b.run("smoke test", b.fill(self.opts.smoke_cmd, **fill), check=False)
         try:

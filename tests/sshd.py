@@ -1,16 +1,19 @@
-"""A real OpenSSH server on 127.0.0.1 and a fake "board" behind it, for flashing tests.
+"""A real OpenSSH server on 127.0.0.1 and a board behind it, for flashing tests.
 
 The server is the system sshd with generated host and client keys, on a free port, listening on
-127.0.0.1 only. The board is a temp folder: ROOT (bundles, current) and a stand-in for the board's
-venv whose `campus-guide` does what the real device commands are asked here: `budget` (model size
-against budget.total_gb), `ask --json` (refuses a file that is not GGUF or fails verify_bundle, as
-the device's loader does) and `status --json` (unhealthy while the running model is listed in
-ROOT/unhealthy). The restart command records what `current` points at, as a kiosk restart loads it.
+127.0.0.1 only. The board is a temp folder: ROOT (bundles, current, state) and a venv whose
+`campus-guide` is the real console script, so `budget`, `ask --json` and `status --json` are the
+real commands on the real embedded models (the bundles carry a tiny real GGUF). What cannot run
+here is the kiosk service itself (no systemd, no microphone): the restart command starts a
+stand-in kiosk process that writes status.json with the real `device.service.StatusWriter` and
+the real `model_info` of the model `current` points at, then waits for SIGTERM, as the service
+would. It reports itself failed while its model is listed in ROOT/unhealthy.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,42 +23,29 @@ from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
 
-_BOARD_CLI = r'''
-import argparse, json, os, sys
+_KIOSK = r'''
+import os, signal, sys, time
 from pathlib import Path
 from campus_guide.config import load_config
+from device.service import Status, StatusWriter, model_info
 
-p = argparse.ArgumentParser()
-p.add_argument("--config")
-s = p.add_subparsers(dest="cmd")
-s.add_parser("budget")
-a = s.add_parser("ask"); a.add_argument("--text"); a.add_argument("--json", action="store_true")
-st = s.add_parser("status"); st.add_argument("--json", action="store_true")
-args = p.parse_args()
-cfg = load_config(args.config)
-root = Path(os.environ.get("BOARD_ROOT", "__ROOT__"))
-model = Path(cfg.llm.model)
-if args.cmd == "budget":
-    need = model.stat().st_size
-    if need > cfg.budget.total_gb * 1e9:
-        sys.exit(f"over budget: {need} B > {cfg.budget.total_gb} GB")
-    print(f"ok: {need} B")
-elif args.cmd == "ask":
-    if model.read_bytes()[:4] != b"GGUF":
-        sys.exit(f"llama.cpp could not load {model}: not a GGUF file")
-    from export.bundle import verify_bundle
-    verify_bundle(model.parent)
-    print(json.dumps({"answer": "The library is building 5.", "model": str(model)}))
-elif args.cmd == "status":                       # shaped like device/appliance_cli.py's
-    import hashlib
-    running = (root / "running").read_text().strip() if (root / "running").is_file() else ""
-    bad = (root / "unhealthy").read_text().split() if (root / "unhealthy").is_file() else []
-    f = root / "bundles" / running / "model.gguf"
-    sha = hashlib.sha256(f.read_bytes()).hexdigest() if running and f.is_file() else None
-    ready = bool(running) and running not in bad
-    print(json.dumps({"ready": ready, "status": {"model": {"path": str(f), "sha256": sha}}}))
-    sys.exit(0 if ready else 3)
+cfg, root = load_config(sys.argv[1]), Path(sys.argv[2])
+name = os.readlink(root / "current").rsplit("/", 1)[-1]
+bad = (root / "unhealthy").read_text().split() if (root / "unhealthy").is_file() else []
+writer = StatusWriter(cfg.runtime.state_dir, Status(config=cfg.source, model=model_info(cfg)))
+(root / "running").write_text(name + "\n")
+writer.update(state="failed" if name in bad else "ready")
+(root / "kiosk-up").touch()
+
+def stop(*_):
+    writer.update(state="stopped")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
 '''
+_CLI = "import sys\nfrom campus_guide.cli import main\nsys.exit(main())\n"
 
 
 def free_port() -> int:
@@ -77,6 +67,15 @@ class Board:
     restart_cmd: str
     stop_cmd: str
 
+    def close(self) -> None:
+        """End the stand-in kiosk, if one runs."""
+        pid = self.root.parent / "kiosk.pid"
+        if pid.is_file():
+            try:
+                os.kill(int(pid.read_text()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+
     def current(self) -> str:
         link = self.root / "current"
         return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else ""
@@ -90,8 +89,9 @@ def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
-def start_sshd(tmp: Path) -> tuple[subprocess.Popen, Board]:
-    """Start sshd on a free 127.0.0.1 port and build the board; the caller terminates the process."""
+def start_sshd(tmp: Path, models_dir: Path) -> tuple[subprocess.Popen, Board]:
+    """Start sshd on a free 127.0.0.1 port and build the board, on the real models in
+    `models_dir`; the caller terminates the process and closes the board."""
     tmp = Path(tmp)
     keys = tmp / "keys"
     keys.mkdir(parents=True)
@@ -131,18 +131,33 @@ LogLevel ERROR
     root, venv = tmp / "board", tmp / "board-venv"
     (venv / "bin").mkdir(parents=True)
     root.mkdir()
-    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
-    (venv / "bin" / "campus-guide").write_text(f"#!{sys.executable}\n" + _BOARD_CLI.replace("__ROOT__", str(root)))
-    for f in (venv / "bin").iterdir():
-        f.chmod(0o755)
+    py = sys.executable
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexec {py} \"$@\"\n")
+    (venv / "bin" / "campus-guide").write_text(f"#!{py}\n" + _CLI)
+    kiosk = tmp / "kiosk.py"
+    kiosk.write_text(_KIOSK)
     config = tmp / "board-config.yaml"
-    config.write_text(f"llm:\n  model: {root}/current/model.gguf\nbudget:\n  total_gb: 6.5\n")
-    restart = tmp / "restart.sh"
-    restart.write_text(f"#!/bin/sh\nreadlink {root}/current | sed 's#.*/##' > {root}/running\n")
-    restart.chmod(0o755)
-    stop = tmp / "stop.sh"                      # the stand-in kiosk: `running` names its model
-    stop.write_text(f"#!/bin/sh\necho stopped > {root}/running\n")
-    stop.chmod(0o755)
+    config.write_text(f"models_dir: {models_dir}\n"
+                      f"llm:\n  model: {root}/current/model.gguf\n  lora: null\n  n_threads: 1\n"
+                      f"  max_tokens: 16\nasr:\n  model: whisper-tiny.en\n"
+                      f"runtime:\n  state_dir: {root}/state\nbudget:\n  total_gb: 6.5\n")
+    pid, up = tmp / "kiosk.pid", root / "kiosk-up"
+    restart = tmp / "restart.sh"      # stop the old stand-in kiosk, start one on `current`
+    restart.write_text(f"""#!/bin/sh
+[ -f {pid} ] && kill $(cat {pid}) 2>/dev/null
+rm -f {up}
+setsid {py} {kiosk} {config} {root} </dev/null >>{tmp}/kiosk.log 2>&1 &
+echo $! > {pid}
+i=0; while [ ! -f {up} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+""")
+    stop = tmp / "stop.sh"            # `running` says "stopped" while no kiosk runs
+    stop.write_text(f"""#!/bin/sh
+[ -f {pid} ] && kill $(cat {pid}) 2>/dev/null && while kill -0 $(cat {pid}) 2>/dev/null; do sleep 0.05; done
+rm -f {pid}
+echo stopped > {root}/running
+""")
+    for f in (*(venv / "bin").iterdir(), restart, stop):
+        f.chmod(0o755)
     board = Board(
         host="root@127.0.0.1", port=port, identity=str(keys / "client"),
         ssh_options=[f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "IdentitiesOnly=yes"],

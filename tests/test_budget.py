@@ -11,8 +11,9 @@ import pytest
 
 from campus_guide.cli import main
 from campus_guide.config import Config
-from device.budget import (GEMMA2_2B, GiB, MiB, BudgetError, LLMShape, compute_bytes,
-                           kv_cache_bytes, plan_for_config, production_plans)
+from campus_guide.ggufmeta import GGUFError, LLMShape, kv_cache_bytes
+from device.budget import (GEMMA2_2B, GiB, MiB, BudgetError, compute_bytes, plan_for_config,
+                           production_plans)
 
 GEMMA3_270M = LLMShape(arch="gemma3", n_layer=18, n_embd=640, n_head_kv=1, head_dim_k=256,
                        head_dim_v=256, n_vocab=262144, sliding_window=512)
@@ -81,7 +82,7 @@ def test_missing_model_file_says_what_to_do(tmp_path, capsys):
 def test_a_garbled_gguf_is_a_clear_error(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(BudgetError, match="cannot read this GGUF"):
+    with pytest.raises(GGUFError, match="cannot read this GGUF"):
         LLMShape.from_gguf(bad)
 
 

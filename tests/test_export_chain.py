@@ -8,8 +8,10 @@ import json
 import pytest
 
 from campus_guide import prompt
-from export.bundle import BundleError, make_bundle, verify_bundle
-from export.gguf import check_gguf, convert, read_gguf
+from campus_guide.bundle import BundleError, verify_bundle
+from campus_guide.ggufmeta import read_gguf
+from export.bundle import make_bundle
+from export.gguf import check_gguf, convert
 from export.quantize import EvalItem, run
 from training.tiny import make_tiny_model
 

@@ -10,8 +10,10 @@ import pytest
 
 from campus_guide import prompt
 from export import ExportError
-from export.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, BundleError, Manifest, verify_bundle
-from export.gguf import check_chat_format, check_gguf, preflight, read_gguf
+from campus_guide.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, BundleError, Manifest, verify_bundle
+from campus_guide.config import ENV_CACHE
+from campus_guide.ggufmeta import GGUFError, read_gguf
+from export.gguf import check_chat_format, check_gguf, preflight
 from export.quantize import QuantResult, ftype, load_eval_items, quantize, recommend
 
 
@@ -48,7 +50,7 @@ def test_preflight_reports_every_problem_at_once(tmp_path):
 
 def test_junk_is_not_a_gguf(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"not a gguf at all" * 10)
-    with pytest.raises(ExportError, match="not a readable GGUF"):
+    with pytest.raises(GGUFError, match="cannot read this GGUF"):
         read_gguf(tmp_path / "x.gguf")
 
 
@@ -148,7 +150,7 @@ def test_converter_unpacks_only_what_it_needs(tmp_path, monkeypatch):
 
     llamacpp.llama_cpp_dir()                                    # the real cache (downloads once)
     tarball = llamacpp.cache_dir() / llamacpp.SDIST
-    monkeypatch.setenv(llamacpp.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path))
     (tmp_path / llamacpp.SDIST).symlink_to(tarball)
     d = llamacpp.llama_cpp_dir()
     assert d == tmp_path / f"llama.cpp-{llamacpp.LLAMA_CPP_VERSION}"

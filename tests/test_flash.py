@@ -1,6 +1,7 @@
-"""Flashing against a real OpenSSH server on 127.0.0.1 with a temp board root: success switches
-`current`, and a failed smoke test, a corrupted upload, an interrupted transfer or a failed health
-check each leave the board on its previous working model."""
+"""Flashing against a real OpenSSH server on 127.0.0.1 with a temp board root, where the board's
+`campus-guide budget`, `ask` and `status` are the real commands on a tiny real GGUF: success
+switches `current`, and a failed smoke test, a corrupted upload, an interrupted transfer or a
+failed health check each leave the board on its previous working model."""
 from __future__ import annotations
 
 import hashlib
@@ -13,19 +14,27 @@ import pytest
 
 from campus_guide.cli import main
 from export import flash as flashmod
-from export.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Manifest
+from campus_guide.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Manifest
 from export.flash import FlashOptions, flash, rollback, table
 from tests.sshd import start_sshd
 
+pytestmark = pytest.mark.models     # the board answers with the real embedded models
 MB = 1 << 20
 
 
 @pytest.fixture
-def board(tmp_path):
-    proc, b = start_sshd(tmp_path / "ssh")
+def board(tmp_path, models_dir):
+    proc, b = start_sshd(tmp_path / "ssh", models_dir)
     yield b
+    b.close()
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _gguf(tiny_gguf):
+    global TINY_GGUF
+    TINY_GGUF = tiny_gguf
 
 
 def opts_for(b, **kw) -> FlashOptions:
@@ -37,11 +46,15 @@ def opts_for(b, **kw) -> FlashOptions:
     return o
 
 
-def make_bundle(folder: Path, name: str, size: int = 2 * MB + 123, gguf: bool = True) -> Path:
-    """A bundle whose model is `size` bytes (starting like a GGUF unless told otherwise)."""
+def make_bundle(folder: Path, name: str, kind: str = "gguf") -> Path:
+    """A bundle of the tiny real GGUF (its name appended after the weights, so every bundle has
+    its own sha256; llama.cpp ignores trailing bytes); "truncated": its header and half its
+    weights (a cut copy); "junk": no GGUF at all."""
     folder.mkdir(parents=True)
-    data = (b"GGUF" if gguf else b"JUNK") + hashlib.sha256(name.encode()).digest() * (size // 32 + 1)
-    data = data[:size]
+    tag = hashlib.sha256(name.encode()).digest() * 8
+    real = TINY_GGUF.read_bytes()
+    data = {"gguf": real + tag, "truncated": real[:len(real) // 2] + tag, "junk": b"JUNK" + tag * 40000}[kind]
+    size = len(data)
     (folder / MODEL_FILE).write_bytes(data)
     m = Manifest(SCHEMA_VERSION, name, MODEL_FILE, hashlib.sha256(data).hexdigest(), size, "Q4_K_M",
                  "gemma3", "test", None, "gemma", ["<end_of_turn>", "<eos>"], [1, 106], 2048, 2048,
@@ -71,11 +84,18 @@ def test_flash_switches_current_restarts_and_keeps_last_n(board, tmp_path):
 
 def test_failed_smoke_test_leaves_previous_model(board, tmp_path):
     assert flash_one(make_bundle(tmp_path / "good", "good"), board).ok
-    res = flash_one(make_bundle(tmp_path / "bad", "bad", gguf=False), board)
-    assert not res.ok and res.step == "smoke test"
-    assert "not a GGUF" in res.message
+    res = flash_one(make_bundle(tmp_path / "bad", "bad", "truncated"), board)
+    assert not res.ok and res.step == "smoke test"        # the header plans fine; llama.cpp refuses
+    assert "complete GGUF" in res.message
     assert board.current() == "good" and board.running() == "good"
     assert not (board.root / "staging" / "bad").exists() and not (board.root / "bundles" / "bad").exists()
+
+
+def test_a_file_that_is_no_gguf_is_refused_by_the_budget_check(board, tmp_path):
+    assert flash_one(make_bundle(tmp_path / "good", "good"), board).ok
+    res = flash_one(make_bundle(tmp_path / "junk", "junk", "junk"), board)
+    assert not res.ok and res.step == "budget" and "not a GGUF" in res.message
+    assert board.current() == "good" and board.running() == "good"
 
 
 def test_failed_switch_restarts_the_kiosk_on_the_previous_model(board, tmp_path, monkeypatch):
@@ -130,7 +150,7 @@ def test_corrupted_upload_is_refused_then_reflash_works(board, tmp_path):
 
 def test_interrupted_transfer_keeps_previous_then_resumes(board, tmp_path, monkeypatch):
     assert flash_one(make_bundle(tmp_path / "a", "a"), board).ok
-    b = make_bundle(tmp_path / "b", "b", size=3 * MB + 7)
+    b = make_bundle(tmp_path / "b", "b")
     real_chunks = flashmod._chunks
 
     def dropped(f):                                              # the link dies after 1 MiB
@@ -198,7 +218,7 @@ def test_broken_local_bundle_is_never_uploaded(board, tmp_path):
     with open(bundle / MODEL_FILE, "r+b") as f:
         f.seek(100)
         f.write(b"x")
-    from export.bundle import BundleError
+    from campus_guide.bundle import BundleError
     with pytest.raises(BundleError, match="re-flash or re-export"):
         flash(bundle, [board.host], opts_for(board))
     assert not (board.root / "staging").exists()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import LLMConfig
 from campus_guide.prompt import render_prompt
 
@@ -106,7 +106,7 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
 def test_a_bundle_that_does_not_match_its_manifest_is_refused(tmp_path):
     import json
 
-    from export.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION
+    from campus_guide.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION
     from device.llm import LLM
 
     (tmp_path / MODEL_FILE).write_bytes(b"GGUF truncated copy")

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from device import models
-from device.models import ModelError, fetch_models, require, sha256_file
+from campus_guide.bundle import sha256_file
+from campus_guide.config import PACKAGED_ADAPTER
+from device.models import ModelError, fetch_models, require
 
 
 @pytest.mark.models
@@ -57,7 +59,7 @@ def test_second_fetch_is_a_no_op_and_damage_is_repaired(tmp_path, small_sources,
 
 def test_optional_models_are_skipped_when_absent(tmp_path, small_sources):
     manifest = fetch_models(tmp_path)
-    lora = models.PACKAGE_DATA / "campus-lora.gguf"
+    lora = PACKAGED_ADAPTER
     assert ("campus-lora.gguf" in manifest["files"]) == lora.is_file()
     assert set(manifest["files"]) >= {"silero_vad.onnx", "en_US-joe-medium.onnx.json"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import logging
 import os
 import signal
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from campus_guide.cli import UserError, main
+from campus_guide.cli import main
+from campus_guide.bundle import SCHEMA_VERSION, Manifest
+from campus_guide.errors import UserError
 from campus_guide.config import Config
 from device.service import Notifier, Seams, ServiceError, Status, StatusWriter, model_info, run_service
 
@@ -116,8 +119,10 @@ def test_model_info_reads_a_flashed_bundle_manifest(tmp_path):
     bundle = tmp_path / "bundles" / "gemma-Q4_K_M-1234abcd"
     bundle.mkdir(parents=True)
     (bundle / "model.gguf").write_bytes(b"GGUF")
-    (bundle / "manifest.json").write_text(json.dumps(
-        {"schema_version": 1, "name": bundle.name, "model_file": "model.gguf", "sha256": "f" * 64}))
+    m = Manifest(SCHEMA_VERSION, bundle.name, "model.gguf", "f" * 64, 4, "Q4_K_M", "gemma3", "test",
+                 None, "gemma", ["<end_of_turn>", "<eos>"], [1, 106], 2048, 2048, 4, None,
+                 "2026-01-01T00:00:00+00:00")
+    (bundle / "manifest.json").write_text(json.dumps(asdict(m)))
     (tmp_path / "current").symlink_to("bundles/" + bundle.name)
     cfg = Config(models_dir=str(tmp_path / "models"))
     cfg.llm.model = str(tmp_path / "current" / "model.gguf")

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from campus_guide.cli import UserError  # noqa: E402
+from campus_guide.errors import UserError  # noqa: E402
 from training.compare import (CompareOptions, Curve, Point, _check_same_questions,  # noqa: E402
                               compare, markdown, summary)
 from training.dataset import read_jsonl  # noqa: E402

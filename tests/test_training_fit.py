@@ -11,8 +11,10 @@ torch = pytest.importorskip("torch")
 
 from campus_guide.config import ConfigError  # noqa: E402
 from campus_guide.prompt import END_OF_TURN, render_prompt, render_target  # noqa: E402
-from training.fit import (IGNORE, answer_loss, collate, encode, finished_run, fit,  # noqa: E402
-                          load_train_config, TrainConfig)
+from training.config import TrainConfig, load_train_config  # noqa: E402
+from training.fit import fit  # noqa: E402
+from training.loss import IGNORE, answer_loss, collate, encode  # noqa: E402
+from training.runs import finished_run  # noqa: E402
 from training.tiny import make_tiny_model  # noqa: E402
 
 BUILDINGS = [("Central Library", "중앙도서관", 10), ("Student Union", "학생회관", 2),
@@ -96,7 +98,7 @@ def test_answer_position_logits_give_the_full_loss(tiny, tok):
     assert fast == pytest.approx(total / count, rel=1e-4)
 
 
-def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
+def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, tok, data, tmp_path):
     cfg = load_train_config(write_cfg(
         tmp_path / "t.yaml", base=str(tiny), data=str(data), out="run", max_steps=12, batch_size=4,
         lr=5e-3, warmup_steps=2, eval_steps=4, eval_examples=4, max_length=400,
@@ -111,10 +113,24 @@ def test_lora_fit_lowers_eval_loss_and_keeps_the_best(tiny, data, tmp_path):
     assert min(x["eval_loss"] for x in log if "eval_loss" in x) == pytest.approx(r.best_eval_loss)
     assert r.plot_file.read_bytes()[:4] == b"\x89PNG"
 
+    # The eval path for PEFT checkpoints answers with the tuned model's own greedy continuation
+    # of the prompt (new tokens only, cleaned), and says whether it ended its turn itself.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from campus_guide.prompt import clean_answer
     from training.evaluate import HFGenerator
-    gen = HFGenerator(tiny, r.best_dir, max_tokens=6)       # the eval path for PEFT checkpoints
-    text, stopped = gen(rows("en")[0]["prompt"])
-    assert isinstance(text, str) and isinstance(stopped, bool)
+    question = rows("en")[0]["prompt"]
+    gen = HFGenerator(tiny, r.best_dir, max_tokens=6)
+    text, stopped = gen(question)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), r.best_dir).eval()
+    ids, new = tok(question)["input_ids"], []
+    with torch.no_grad():
+        while len(new) < 6 and not (new and new[-1] in gen.stops):
+            new.append(int(tuned(torch.tensor([ids + new])).logits[0, -1].argmax()))
+    assert text == clean_answer(tok.decode(new)) and text
+    assert stopped == (new[-1] in gen.stops)
+    assert text != HFGenerator(tiny, None, max_tokens=6)(question)[0]   # the adapter is applied
 
     # `train default` reuses a run only if it finished, on the same training data.
     import shutil

@@ -8,8 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from campus_guide.cli import UserError  # noqa: E402
-from training.merge import TRAIN_RECORD, merge  # noqa: E402
+from campus_guide.errors import UserError  # noqa: E402
+from training.merge import merge  # noqa: E402
+from training.runs import TRAIN_RECORD  # noqa: E402
 from training.tiny import make_tiny_model  # noqa: E402
 
 

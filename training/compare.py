@@ -16,8 +16,10 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import Config
+from training import steps
+from training.steps import RecipeOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +27,10 @@ VARIANTS = ("grounded", "memorised")
 
 
 @dataclass
-class CompareOptions:
-    work: Path                       # one folder per variant: data/, run/, gguf/, eval/
-    base: Path                       # GGUF (evaluated through llama.cpp, as the kiosk runs it) or HF folder
-    train_config: Path
-    kb: Path
-    seed: int = 0
-    max_steps: int | None = None     # None: the config's
+class CompareOptions(RecipeOptions):
+    """`work` holds one folder per variant: data/, run/, gguf/, eval/."""
     every: int = 50                  # checkpoint (and evaluation) interval in steps
     target: float = 0.95             # fact accuracy whose cost is reported
-    test_per_intent: int = 2
-    eval_limit: int | None = None
-    max_tokens: int = 96
 
 
 @dataclass
@@ -67,8 +61,9 @@ def compare(opts: CompareOptions, cfg: Config | None = None) -> list[Curve]:
     """Train and evaluate both variants (resuming whatever an earlier call finished); writes
     compare.json, compare.md and compare.png into `opts.work` after each variant."""
     from campus_guide.knowledge import load_kb
-    from training.dataset import DatasetOptions, build_dataset, is_built, read_jsonl
-    from training.fit import finished_run, fit, load_train_config
+    from training.dataset import read_jsonl
+    from training.fit import fit
+    from training.runs import finished_run
 
     cfg = cfg or Config()
     kb = load_kb(opts.kb)
@@ -76,21 +71,15 @@ def compare(opts: CompareOptions, cfg: Config | None = None) -> list[Curve]:
     tests: dict[str, list[dict]] = {}
     for variant in VARIANTS:        # both datasets first: a mismatch is found before an hour of training
         data = work / variant / "data"
-        dopts = DatasetOptions(seed=opts.seed, phrasings_per_item=1, test_per_intent=opts.test_per_intent,
-                               memorised=variant == "memorised")
-        if not is_built(data, kb.sha256, dopts, cfg):
-            log.info("%s: dataset -> %s", variant, data)
-            build_dataset(opts.kb, data, cfg, dopts)
+        steps.dataset(opts, kb, data, cfg, f"{variant}:", memorised=variant == "memorised")
         tests[variant] = list(read_jsonl(data / "test.jsonl"))[:opts.eval_limit]
     _check_same_questions(tests)
 
     curves: list[Curve] = []
     for variant in VARIANTS:
         root = work / variant
-        tcfg = load_train_config(opts.train_config, max_steps=opts.max_steps, save_steps=opts.every,
-                                 eval_steps=opts.every, patience=10**9,   # the whole curve: no early stop
-                                 base=str(Path(opts.base).resolve()), data=str((root / "data").resolve()),
-                                 out=str((root / "run").resolve()), seed=opts.seed)
+        tcfg = opts.train_config_for(root / "data", root / "run", save_steps=opts.every, eval_steps=opts.every,
+                                     patience=10**9)   # the whole curve: no early stop
         if finished_run(tcfg):
             log.info("%s: reusing the finished run in %s", variant, tcfg.out)
         else:
@@ -114,46 +103,35 @@ def _check_same_questions(tests: dict[str, list[dict]]) -> None:
 
 def _checkpoints(run: Path) -> list[tuple[int, Path | None]]:
     """(step, adapter folder) for the untuned base (step 0) and every saved step."""
-    steps = sorted(int(p.name.removeprefix("step-")) for p in run.glob("step-*")
+    saved = sorted(int(p.name.removeprefix("step-")) for p in run.glob("step-*")
                    if p.name.removeprefix("step-").isdigit())
-    return [(0, None)] + [(s, run / f"step-{s}") for s in steps]
+    return [(0, None)] + [(s, run / f"step-{s}") for s in saved]
 
 
-def _generator(opts: CompareOptions, root: Path, step: int, adapter: Path | None):
-    from training.evaluate import HFGenerator, LlamaCppGenerator
-
-    base = Path(opts.base)
-    if base.suffix != ".gguf":
-        return HFGenerator(base, adapter, max_tokens=opts.max_tokens)
-    lora = None
-    if adapter is not None:
-        from export.llamacpp import convert_lora
-        from training.merge import gguf_base_config
-
-        lora = root / "gguf" / f"step-{step}.gguf"
-        if not lora.is_file():
-            base_cfg = root / "gguf" / "base-config"
-            if not (base_cfg / "config.json").is_file():
-                gguf_base_config(base, base_cfg)
-            convert_lora(adapter, base_cfg, lora, outtype="f16")
-    return LlamaCppGenerator(base, lora, max_tokens=opts.max_tokens)
+def _adapter(opts: CompareOptions, root: Path, step: int, adapter: Path | None) -> Path | None:
+    """What the evaluation loads on top of the base: for a GGUF base the checkpoint converted to
+    GGUF (once), for an HF base the PEFT folder itself."""
+    if adapter is None or Path(opts.base).suffix != ".gguf":
+        return adapter
+    lora = root / "gguf" / f"step-{step}.gguf"
+    if not lora.is_file():
+        steps.adapter_to_gguf(adapter, Path(opts.base), lora, root / "gguf" / "base-config")
+    return lora
 
 
 def _curve(variant: str, root: Path, rows: list[dict], opts: CompareOptions, kb) -> Curve:
-    from training.evaluate import Report, evaluate, write_report
+    from training.evaluate import Report, write_report
+    from training.runs import LOG, read_log
 
     run = root / "run"
-    log_rows = {r["step"]: r for r in (json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip())}
+    log_rows = {r["step"]: r for r in read_log(run / LOG)}
     curve = Curve(variant)
     for step, adapter in _checkpoints(run):
         out = root / "eval" / f"step-{step}.json"
         rep = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
         if rep is None or rep["examples"] != len(rows):      # not scored yet, or on another --eval-limit
-            gen = _generator(opts, root, step, adapter)
-            try:
-                r: Report = evaluate(rows, gen, kb, f"{variant} test.jsonl")
-            finally:
-                gen.close()
+            r: Report = steps.evaluate_model(rows, opts.base, _adapter(opts, root, step, adapter), kb,
+                                             f"{variant} test.jsonl", opts.max_tokens)
             r.model = f"{variant} step {step}"
             write_report(r, out)
             rep = r.to_json()
@@ -183,7 +161,7 @@ def summary(curve: Curve, target: float) -> dict:
 
 
 def write_outputs(curves: list[Curve], opts: CompareOptions, tcfg, n: int) -> None:
-    from training.fit import config_hash
+    from training.config import config_hash
 
     work = Path(opts.work)
     report = {
@@ -229,11 +207,9 @@ def markdown(curves: list[Curve], target: float, n: int) -> str:
 
 
 def plot(curves: list[Curve], target: float, png: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from training.plots import pyplot, save
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6.5, 3.8))
     for c in curves:
         x = [p.cpu_minutes for p in c.points]
         line, = ax.plot(x, [p.fact for p in c.points], "o-", label=f"{c.variant}: all held-out")
@@ -249,7 +225,4 @@ def plot(curves: list[Curve], target: float, png: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_title("grounded vs memorised training", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return save(fig, png)

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from campus_guide import prompt
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
+from campus_guide.ggufmeta import vocabulary
+from training.runs import TRAIN_RECORD
 
 log = logging.getLogger(__name__)
 
-TRAIN_RECORD = "campus_train.json"  # written by fit.py beside every adapter
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -81,20 +82,9 @@ def write_generation_config(out_dir: Path, tok) -> None:
 def sp_model_from_gguf(gguf_file: Path) -> bytes:
     """Rebuild a SentencePiece model from a GGUF's vocabulary (the packaged Gemma-3 has no
     tokenizer.model beside it, and the converter of a merged model needs one)."""
-    from gguf import GGUFReader
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    r = GGUFReader(str(gguf_file))
-
-    def field(name):
-        f = r.fields.get(name)
-        if f is None:
-            raise UserError(f"{gguf_file}: no {name} in the GGUF; cannot rebuild its tokenizer")
-        return [f.parts[i] for i in f.data]
-
-    tokens = [bytes(t).decode("utf-8") for t in field("tokenizer.ggml.tokens")]
-    scores = [float(s[0]) for s in field("tokenizer.ggml.scores")]
-    types = [int(t[0]) for t in field("tokenizer.ggml.token_type")]
+    tokens, scores, types = vocabulary(gguf_file)
     # GGUF token types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte,
     # the same numbering SentencePiece uses.
     m = pb.ModelProto()
