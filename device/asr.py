@@ -4,8 +4,11 @@ The VAD has already cut one utterance, so Whisper's own VAD is off and timestamp
 asked for. Campus names in Latin script go in as `hotwords` (a short prompt prefix) so "Haedong"
 is not heard as "had on". Korean names do not: on unclear Korean speech whisper-base copied names
 from the list instead of listening ("도서관은 어디에 있나요?" came out as "동아리관, 대학원,";
-without Korean hotwords, "도서관은 오디에인 하요", which retrieval gets right). Automatic language detection is restricted to the kiosk's languages: on robotic or
-accented speech Whisper sometimes guesses Thai or Japanese, and then transcribes nonsense.
+without Korean hotwords, "도서관은 오디에인 하요", which retrieval gets right).
+
+Automatic language detection is restricted to the kiosk's languages: Whisper's probabilities for
+Korean and English alone decide, with Korean's weighted by KOREAN_ODDS, and the utterance is
+decoded once, in that language (see `_detect`).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from campus_guide.config import Config, ConfigError
-from campus_guide.prompt import LANGUAGES, language_of
+from campus_guide.korean import has_hangul
+from campus_guide.prompt import LANGUAGES
 from device.models import require
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,15 @@ SAMPLE_RATE = 16000
 HOTWORD_TOKENS = 96        # prompt budget (Whisper allows 223): the main names, still fast
 _MIN_SAMPLES = SAMPLE_RATE // 10
 _QUIET_RMS = 0.01          # -40 dBFS: nobody is speaking to the kiosk this softly
-_WORDY = re.compile(r"[\w\uac00-\ud7a3]")
+# Whisper's language detector learned from ~55x more English than Korean (Whisper paper,
+# appendix E), and on short or reverberant Korean it says English: the one miss on 80 real clips
+# (../shared/korean-speech, a 1 s "네, 좋아요." in a dance studio) had P(ko) 0.11 vs P(en) 0.76,
+# i.e. 0.13 of the ko/en mass; every other Korean clip had >= 0.977. English speech (piper and
+# espeak-ng, 40 questions) never gave Korean more than 0.014 of it. Multiplying Korean's odds by
+# 20 sits midway (in log odds) between those: that clip needs > 6.8, the English ones
+# flip above ~70. It also hears the robotic espeak Korean question (P(ko) 0.02, P(en) 0.06,
+# Whisper's top guess Japanese) as Korean. docs/bench.md, "ASR on real speech".
+KOREAN_ODDS = 20.0
 # What Whisper says over silence or noise (learned from subtitled videos), normalised by _key.
 _HALLUCINATIONS = {
     "thankyou", "thankyouverymuch", "thanksforwatching", "thankyouforwatching", "you", "bye",
@@ -94,7 +106,7 @@ class Transcriber:
         """Latin-script names (see the module docstring), deduplicated, within HOTWORD_TOKENS."""
         tok, chosen, used = self.model.hf_tokenizer, [], 0
         for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
-            if re.search(r"[\uac00-\ud7a3]", name):
+            if has_hangul(name):
                 continue
             cost = len(tok.encode(" " + name + ",", add_special_tokens=False).ids)
             if used + cost > HOTWORD_TOKENS:
@@ -113,28 +125,17 @@ class Transcriber:
         if audio.size < _MIN_SAMPLES or not np.any(np.abs(audio) > 1e-4):
             return Transcript("", fixed or "en", 0.0, duration, time.perf_counter() - t0)
 
-        segments, info = self._decode(audio, fixed)
         lang_p = 1.0
         if fixed is None:
-            probs = dict(info.all_language_probs or [(info.language, info.language_probability)])
-            if info.language in LANGUAGES:
-                fixed = info.language
-                lang_p = probs[fixed] / (sum(probs.get(c, 0.0) for c in LANGUAGES) or 1.0)
-            else:
-                # Robotic or accented speech: Whisper guesses Thai or Japanese, yet its draft
-                # usually shows the right script ("도서관の電音"); decode again in that language.
-                draft = " ".join(s.text for s in segments)
-                fixed = language_of(draft, default=max(LANGUAGES, key=lambda c: probs.get(c, 0.0)))
-                log.debug("whisper heard %s (p=%.2f) %r; decoding as %s", info.language,
-                          info.language_probability, draft, fixed)
-                segments, info = self._decode(audio, fixed)   # the script is the evidence
+            fixed, lang_p = self._detect(audio)
+        segments, _ = self._decode(audio, fixed)
 
         text = " ".join(s.text.strip() for s in segments).strip()
         logprob = _logprob(segments)
         confidence = float(min(1.0, math.exp(logprob)) * lang_p) if segments else 0.0
         no_speech = max((s.no_speech_prob for s in segments), default=1.0)
         rms = float(np.sqrt(np.mean(audio ** 2)))
-        if not _WORDY.search(text):
+        if not re.search(r"\w", text):     # \w covers Hangul
             text = ""
         elif _key(text) in self._echoes:
             log.info("dropped a transcript that only repeats the hotword prompt: %r", text)
@@ -145,6 +146,27 @@ class Transcriber:
             text = ""
         return Transcript(text, fixed, confidence if text else 0.0, duration,
                           time.perf_counter() - t0)
+
+    def _detect(self, audio: np.ndarray) -> tuple[str, float]:
+        """The kiosk language Whisper's detector favours, and its share of the ko/en mass.
+
+        Only Korean and English count: on robotic or accented speech Whisper's top guess is
+        often Thai or Japanese (then it transcribes nonsense), yet its ko/en ratio still points
+        the right way. Korean's probability is weighted by KOREAN_ODDS (see there). Deciding
+        first and decoding once costs what `transcribe(language=None)` costs: faster-whisper
+        runs the same detection pass inside it."""
+        top, top_p, ranked = self.model.detect_language(audio)
+        probs = dict(ranked or [(top, top_p)])
+        weight = {"ko": KOREAN_ODDS, "en": 1.0}
+        mass = {c: probs.get(c, 0.0) * weight[c] for c in LANGUAGES}
+        total = sum(mass.values())
+        if total <= 0:                                  # nothing for either: Korean-first kiosk
+            return "ko", 0.0
+        lang = max(LANGUAGES, key=mass.get)
+        if top != lang:
+            log.debug("whisper's detector: %s p=%.2f (ko %.3f, en %.3f); decoding as %s",
+                      top, top_p, probs.get("ko", 0.0), probs.get("en", 0.0), lang)
+        return lang, mass[lang] / total
 
     def _decode(self, audio: np.ndarray, language: str | None):
         segments, info = self.model.transcribe(

@@ -49,14 +49,25 @@ def test_english_question_with_tiny_en(tiny, question_en):
     assert tiny.hotwords == "Central Library"          # English-only model: Latin names only
 
 
-def test_korean_question_with_whisper_base(base, question_ko):
+def test_korean_question_with_whisper_base(base, question_ko, cfg):
+    """espeak's robotic Korean is no test of recognition: whisper-base writes "도서관은 오디에인
+    하요" for it on one CPU and "도사관을 놔디에 인하여" on an AVX-512 one (each deterministic).
+    What holds on any CPU is what a visitor gets: Korean heard as Korean, the same answer twice,
+    and either the library or an honest "I don't know", never another building (the tolerance
+    for those mis-hearings is tested in test_knowledge_retrieval.py)."""
+    from campus_guide.knowledge import Retriever, load_kb
+    from campus_guide.prompt import language_of
+
     forced = base.transcribe(question_ko, language="ko")
-    assert "도서관" in forced.text and forced.language == "ko"
+    assert forced.language == "ko" and language_of(forced.text, default="") == "ko"
     assert base.transcribe(question_ko, language="ko").text == forced.text   # reproducible
-    # espeak's robotic Korean is beyond whisper-base's language detection (it guesses English,
-    # Japanese or Thai at p < 0.2): auto mode must at least stay within the kiosk's languages.
-    # A Korean-first kiosk sets asr.language: ko (docs/appliance.md).
-    assert base.transcribe(question_ko).language in ("ko", "en")
+    # Whisper's detector puts Japanese first here (ko 0.02, en 0.06): restricted to ko/en with
+    # Korean's odds x20 (device/asr.py, KOREAN_ODDS), auto mode hears Korean by a wide margin.
+    auto = base.transcribe(question_ko)
+    assert auto.language == "ko" and language_of(auto.text, default="") == "ko"
+    r = Retriever(load_kb(cfg.kb), here="main_gate").retrieve(forced.text)
+    assert r.lang == "ko"
+    assert not r.known(cfg.dialogue.min_score) or r.results[0].id == "library", r.results
 
 
 def test_auto_language_stays_within_the_kiosk_languages(base, question_en):

@@ -1,7 +1,11 @@
-"""Piper and the espeak-ng fallback on the real voice; text normalisation for speech."""
+"""Piper and the espeak-ng fallback on the real voice, and a configured Korean piper voice.
+(Text normalisation for speech: tests/test_normalize.py.)"""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import pytest
 from campus_guide.config import Config, TTSConfig
 from device import tts as tts_module
 from device.models import ModelError
-from device.tts import Synthesizer, TTSError, normalize_for_speech
+from device.tts import Synthesizer, TTSError
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +81,66 @@ def test_missing_voice_names_the_file_and_the_key(tmp_path):
         Synthesizer(TTSConfig(), tmp_path)
 
 
-@pytest.mark.parametrize("lang,text,spoken", [
-    ("en", "Go to B12, then E3-2.", "Go to B 12, then E 3 2."),
-    ("ko", "B12 건물로 가세요.", "비 12 건물로 가세요."),
-    ("en", "Open 08:00–23:00, about 350 m or 5 min.",
-     "Open 8 a.m. to 11 p.m., about 350 metres or 5 minutes."),
-    ("ko", "평일 09:00~18:30, 약 350m", "평일 9시부터 18시 30분까지, 약 350 미터"),
-    ("en", "Gate → Lawn → **Library**", "Gate, then Lawn, then Library"),
-    ("en", "Daily 07:00–24:00, lunch at 12:00.", "Daily 7 a.m. to midnight, lunch at noon."),
-])
-def test_text_is_normalised_for_speech(lang, text, spoken):
-    assert normalize_for_speech(text, lang) == spoken
+def korean_piper_voice(models_dir: Path, folder: Path, sample_rate: int = 16000) -> Path:
+    """A stand-in Korean piper voice: joe's network with a Korean config (espeak voice "ko",
+    language ko_KR) and a different sample rate, as a deployment's own voice might have."""
+    src = models_dir / "en_US-joe-medium.onnx"
+    voice = folder / "ko_KR-test-medium.onnx"
+    shutil.copyfile(src, voice)
+    conf = json.loads(Path(f"{src}.json").read_text())
+    conf["espeak"]["voice"] = "ko"
+    conf["audio"]["sample_rate"] = sample_rate
+    conf["dataset"] = "test"
+    conf["language"] = {"code": "ko_KR", "family": "ko", "region": "KR", "name_native": "한국어",
+                        "name_english": "Korean", "country_english": "South Korea"}
+    Path(f"{voice}.json").write_text(json.dumps(conf, ensure_ascii=False))
+    return voice
+
+
+@pytest.mark.models
+def test_a_configured_korean_piper_voice_speaks_korean(models_dir, tmp_path, monkeypatch, caplog):
+    cfg = Config(models_dir=str(models_dir))
+    cfg.tts.voices = {"en": "en_US-joe-medium.onnx", "ko": str(korean_piper_voice(models_dir, tmp_path))}
+    synth = Synthesizer(cfg)
+    assert synth.sample_rate == 22050 and synth.voices["ko"].config.sample_rate == 16000
+    assert synth.voices["ko"].config.espeak_voice == "ko"
+
+    heard, raw = [], []                          # what piper was given, and what it gave back
+    ko_voice, piper_synthesize = synth.voices["ko"], synth.voices["ko"].synthesize
+
+    def spy(text, *args, **kwargs):
+        heard.append(text)
+        for chunk in piper_synthesize(text, *args, **kwargs):
+            raw.append(chunk)
+            yield chunk
+
+    def no_espeak(*args, **kwargs):
+        raise AssertionError(f"espeak-ng subprocess started: {args}")
+
+    monkeypatch.setattr(ko_voice, "synthesize", spy)
+    monkeypatch.setattr(tts_module.shutil, "which", lambda name: None)   # no espeak-ng to fall back on
+    monkeypatch.setattr(tts_module.subprocess, "run", no_espeak)
+    monkeypatch.setattr(tts_module, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="device.tts"):
+        chunks = list(synth.synthesize("중앙도서관은 10번 건물입니다. 평일 09:00–18:00에 엽니다.", "ko"))
+
+    assert heard == ["중앙도서관은 십 번 건물입니다. 평일 오전 아홉 시부터 오후 여섯 시까지에 엽니다."]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(chunks) == len(raw) == 2                      # piper streams it sentence by sentence
+    for chunk, piper_chunk in zip(chunks, raw):
+        assert piper_chunk.sample_rate == 16000
+        assert chunk.dtype == np.float32 and chunk.ndim == 1
+        # resampled 16 kHz -> the common 22.05 kHz: the same duration, more samples
+        assert abs(len(chunk) - len(piper_chunk.audio_float_array) * 22050 / 16000) <= 2
+        assert 0.3 < len(chunk) / synth.sample_rate < 8 and rms(chunk) > 0.02
+        assert np.abs(chunk).max() <= 1.0
+    english = list(synth.synthesize("It is building 10.", "en"))   # English still on joe, 22.05 kHz
+    assert len(english) == 1 and english[0].dtype == np.float32
+
+    from device.budget import plan_for_config
+
+    rows = {i.name: i.bytes for i in plan_for_config(cfg).items}
+    assert rows["piper voice (ko)"] == rows["piper voice (en)"]       # same network, same size
+    assert not any("espeak" in name for name in rows)
+    default = {i.name for i in plan_for_config(Config(models_dir=str(models_dir))).items}
+    assert "espeak-ng subprocess" in default and "piper voice (ko)" not in default
