@@ -20,6 +20,7 @@ PACKAGE_DATA = Path(__file__).parent / "data"
 SAMPLE_KB = PACKAGE_DATA / "sample_campus.yaml"
 ENV_CONFIG = "CAMPUS_GUIDE_CONFIG"
 ENV_MODELS = "CAMPUS_GUIDE_MODELS"
+ENV_CACHE = "CAMPUS_GUIDE_CACHE"
 
 
 class ConfigError(ValueError):
@@ -41,7 +42,11 @@ class ASRConfig:
     language: str = "auto"          # auto | ko | en
     compute_type: str = "int8"
     device: str = "cpu"
-    beam_size: int = 1
+    # Beam search, still deterministic (temperature 0, no sampling). On 80 real Korean clips
+    # (docs/bench.md, "ASR on real speech") greedy decoding loops and drops words: CER 0.168;
+    # beam 2: 0.111, beam 3: 0.094, beam 5: 0.096. 3 is the smallest beam under the 0.10 goal and
+    # costs ~4 % more ASR time than greedy (the encoder passes dominate); English is unchanged.
+    beam_size: int = 3
     cpu_threads: int = 0            # 0 = CTranslate2's default
     hotwords: bool = False          # KB names as a Whisper prompt: off, unclear speech came back as copied names (device/asr.py)
 
@@ -113,11 +118,35 @@ class Config:
         return None if name is None else resolve_model(name, self.models_dir)
 
 
+def cache_dir() -> Path:
+    """Where derived files are kept between runs (passage embeddings, the llama.cpp converter):
+    $CAMPUS_GUIDE_CACHE, else the XDG cache folder."""
+    base = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "campus-guide")
+    return Path(base)
+
+
 def resolve_model(name: str, models_dir: str | os.PathLike) -> Path:
     """A bare name is a file under `models_dir`; anything with a folder in it is a path as is.
     The one rule, so that the budget and the loaders always mean the same file."""
     p = Path(os.path.expanduser(name))
     return p if p.is_absolute() or p.parent != Path(".") else Path(models_dir) / p
+
+
+ADAPTER_NAME = "campus-lora.gguf"   # the campus adapter as `models fetch` installs it
+PACKAGED_ADAPTER = PACKAGE_DATA / ADAPTER_NAME   # what `train default` writes and the package ships
+
+
+def resolve_adapter(lora: str | None, models_dir: str | os.PathLike) -> Path | None:
+    """The LoRA adapter llm.lora means: null -> none; "auto" -> models_dir/campus-lora.gguf when
+    it exists, else none; anything else -> that model path (the caller refuses it if missing).
+    The one rule, so that the budget plans the adapter the LLM loads."""
+    if lora is None:
+        return None
+    if lora == "auto":
+        p = Path(models_dir) / ADAPTER_NAME
+        return p if p.is_file() else None
+    return resolve_model(lora, models_dir)
 
 
 _CHECKS: dict[str, tuple[str, Any]] = {

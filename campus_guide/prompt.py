@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from .korean import HANGUL
+
 BOS = "<bos>"
 EOS = "<eos>"
 START_OF_TURN = "<start_of_turn>"
@@ -44,7 +46,6 @@ REDIRECT = {
     "ko": "저는 캠퍼스 안내원이라 건물, 주변 장소, 길 안내만 도와드릴 수 있어요.",
 }
 
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 _LATIN = re.compile(r"[A-Za-z]")
 
 
@@ -64,7 +65,7 @@ def stop_token_ids(token_id: Callable[[str], int | None]) -> list[int]:
 
 def language_of(text: str, default: str = "en") -> str:
     """'ko' when Hangul outweighs Latin letters, else 'en' (building codes like 'B12' stay Latin)."""
-    ko, en = len(_HANGUL.findall(text)), len(_LATIN.findall(text))
+    ko, en = len(HANGUL.findall(text)), len(_LATIN.findall(text))
     if ko == 0 and en == 0:
         return default
     return "ko" if ko >= en / 3 else "en"

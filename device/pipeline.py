@@ -30,11 +30,12 @@ from .budget import rss_mb
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
 from .tts import Synthesizer
-from .vad import VAD
+from .vad import VAD, Utterance
 
 log = logging.getLogger(__name__)
 
 VAD_MODEL = "silero_vad.onnx"
+SAMPLE_RATE = 16000
 TURN_LOG = "turns.jsonl"
 _END = object()
 
@@ -74,7 +75,7 @@ class TurnResult:
     language: str
     answer: str = ""
     sources: list[str] = field(default_factory=list)
-    kind: str = "none"              # llm | fallback | unknown | redirect | none (nothing heard)
+    kind: str = "none"              # llm | fallback | unknown | redirect | social | clarify | none (nothing heard)
     guard: str | None = None        # why the model's answer was replaced, if it was
     asr_confidence: float | None = None
     timings: Timings = field(default_factory=Timings)
@@ -133,12 +134,26 @@ class Pipeline:
         log.info("pipeline: ready in %.1f s, %.0f MB resident", time.perf_counter() - t, rss_mb())
 
     def utterance(self, audio: np.ndarray):
-        """The first utterance in a recording (a WAV file), or None if nobody speaks in it."""
+        """All the speech in a recording (a WAV file) as one visitor turn, pauses included
+        ("Excuse me. ... Where is the library?"), up to vad.max_utterance_s; None if nobody
+        speaks in it."""
         self.vad.reset()
         try:
-            return next(iter(self.vad.utterances(FileSource(audio))), None)
+            parts = list(self.vad.utterances(FileSource(audio)))
         finally:
             self.vad.reset()
+        if len(parts) < 2 or parts[0].cut:
+            return parts[0] if parts else None
+        begin = parts[0].end_s - len(parts[0].audio) / SAMPLE_RATE      # its pre-roll included
+        last = parts[0]
+        for u in parts[1:]:
+            if u.end_s - begin > self.cfg.vad.max_utterance_s:
+                break
+            last = u
+        if last is parts[0]:
+            return last
+        span = audio[max(0, int(begin * SAMPLE_RATE)):int(last.end_s * SAMPLE_RATE)]
+        return Utterance(np.asarray(span, np.float32), parts[0].start_s, last.end_s)
 
     def ask_audio(self, audio: np.ndarray, sink: Sink | None = None, *, sequential: bool = False,
                   trim: bool = True, language: str | None = None) -> TurnResult:
@@ -234,6 +249,11 @@ class Pipeline:
             log.warning("pipeline: cannot write %s: %s", self.state_dir / TURN_LOG, e)
         log.info("turn: %s", json.dumps({k: d[k] for k in ("kind", "language", "guard", "timings")}))
         return result
+
+    def reset(self) -> None:
+        """A fresh start: empty KV cache and no conversation (benchmarks, a new visitor)."""
+        self.llm.reset()
+        self.dialogue.reset()
 
     def close(self) -> None:
         self.llm.close()

@@ -49,6 +49,33 @@ def question_ko() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def kb():
+    """The sample campus (tests that need another campus define their own `kb`)."""
+    from campus_guide.config import SAMPLE_KB
+    from campus_guide.knowledge import load_kb
+
+    return load_kb(SAMPLE_KB)
+
+
+@pytest.fixture(scope="session")
+def retriever(kb):
+    """The retriever on the sample campus, kiosk at the Main Gate, embeddings loaded once."""
+    from campus_guide.knowledge import Retriever
+
+    return Retriever(kb)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny random Gemma-3 as a real f16 GGUF (~8 MB), converted once per session."""
+    from export.gguf import convert
+    from training.tiny import make_tiny_model
+
+    tmp = tmp_path_factory.mktemp("tiny-gguf")
+    return convert(make_tiny_model(tmp / "merged", "gemma3"), tmp / "gguf", "f16")[0]
+
+
+@pytest.fixture(scope="session")
 def pipeline(models_dir, tmp_path_factory):
     """The whole device pipeline on the fast models (whisper tiny.en, Gemma-3 270M), loaded once."""
     from device.pipeline import Pipeline

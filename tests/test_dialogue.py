@@ -6,8 +6,7 @@ real: the sample campus, the retriever with its embeddings, compose_answer, the 
 """
 import pytest
 
-from campus_guide.config import SAMPLE_KB, Config
-from campus_guide.knowledge import Retriever, load_kb
+from campus_guide.config import Config
 from campus_guide.prompt import REDIRECT, UNKNOWN
 from device.dialogue import Dialogue, is_garbage
 from device.llm import GenStats
@@ -36,16 +35,6 @@ class Clock:
 
     def __call__(self):
         return self.t
-
-
-@pytest.fixture(scope="module")
-def kb():
-    return load_kb(SAMPLE_KB)
-
-
-@pytest.fixture(scope="module")
-def retriever(kb):
-    return Retriever(kb)
 
 
 def make(kb, retriever, llm, **dialogue):

@@ -56,11 +56,15 @@ def test_answer_forms(kb):
 
 def test_route_answers(kb):
     short = route_answer(kb, find_route(kb, "main_gate", "admin"), "en")
-    assert short == ("From Main Gate to Administration Building (building 1), follow the wide main avenue to "
-                     "Fountain Plaza, then walk past the flagpoles to Administration Building. "
-                     "It is about 210 m, 3 minutes on foot.")
+    assert short == ("It is about 3 minutes on foot (210 m) from Main Gate to Administration Building "
+                     "(building 1). Follow the wide main avenue to Fountain Plaza, then walk past the "
+                     "flagpoles to Administration Building.")           # the total first, then step 1
     long = route_answer(kb, find_route(kb, "main_gate", "it_building"), "ko")
     assert "국제관, 제1공학관, 공학로 사거리를 지나 제2공학관까지 간 뒤" in long   # middle landmarks collapsed
-    assert long.endswith("약 540m, 걸어서 7분 정도입니다.")
+    assert long.startswith("정문에서 IT관(33번 건물)까지 걸어서 약 7분(540m) 걸립니다.")
+    one = route_answer(kb, find_route(kb, "main_gate", "visitor_center"), "en")
+    assert "about 1 minute on foot" in one                              # not "1 minutes"
+    landmarks = route_answer(kb, find_route(kb, "main_gate", "library"), "ko", steps=False)
+    assert landmarks.endswith("분수광장, 시계탑, 중앙잔디광장을 지나 중앙도서관(10번 건물)까지 가세요.")
     assert route_answer(kb, find_route(kb, "library", "library"), "en") == \
         "You are already at Central Library (building 10)."

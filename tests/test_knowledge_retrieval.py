@@ -5,7 +5,8 @@ import pytest
 
 from campus_guide.config import SAMPLE_KB, Config
 from campus_guide.knowledge import Retriever, compose_answer, load_kb
-from campus_guide.knowledge.evaluate import OFF_TOPIC, evaluate, generate_questions, misspell
+from campus_guide.knowledge.evaluate import OFF_TOPIC, evaluate, generate_questions
+from campus_guide.knowledge.noise import misspell
 from campus_guide.knowledge.retrieval import jamo, substring_distance
 from campus_guide.prompt import UNKNOWN, language_of
 
@@ -61,8 +62,9 @@ def retriever(kb):
     ("외데 어디야?", "languages", "fuzzy"),                     # ㅐ/ㅔ sound the same
     ("제2공학관 가는 길", "eng2", "alias"),                    # not 공학관 (eng1) inside it
     ("building 31 please", "eng2", "alias"),
-    ("where are the showers?", "gym", "facility"),
-    ("where can I swim?", "pool", "embedding"),
+    ("where are the showers?", "gym", "facility"),           # named in full: more specific than a need
+    ("where can I swim?", "pool", "service"),
+    ("where is the trading lab?", "business", "facility"),
 ])
 def test_questions_find_their_entry(retriever, question, expected, why):
     r = retriever.retrieve(question)
@@ -72,6 +74,20 @@ def test_questions_find_their_entry(retriever, question, expected, why):
     assert r.lang == language_of(question)
     scores = [h.score for h in r.results]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+
+
+@pytest.mark.parametrize("heard", [
+    "도서관은 어디에 있나요?",          # what the bundled espeak question says
+    "도서관은 오디에인 하요",           # whisper-base's transcript of it on one CPU
+    "도사관을 놔디에 인하여",           # ... and on an AVX-512 Xeon
+    "도서간은 어디에 인나요",
+])
+def test_misheard_korean_question_still_finds_the_library(retriever, heard):
+    """Robotic or unclear Korean comes back from Whisper differently per CPU; the kiosk must
+    answer the same: the library, in Korean, from the knowledge base."""
+    r = retriever.retrieve(heard)
+    assert r.results[0].id == "library" and r.known(MIN_SCORE), r.results
+    assert r.lang == "ko" and compose_answer(r).startswith("중앙도서관은 10번 건물")
 
 
 @pytest.mark.parametrize("question, here, origin, destination", [
@@ -123,7 +139,7 @@ def test_answers_are_grounded_and_in_the_askers_language(retriever):
     ko = compose_answer(retriever.retrieve("도서관 어디야?"))
     assert ko.startswith("중앙도서관은 10번 건물로, 중앙잔디광장 북쪽") and language_of(ko) == "ko"
     route = compose_answer(retriever.retrieve("여기서 도서관 어떻게 가?"))
-    assert route.startswith("정문에서 중앙도서관(10번 건물)까지는") and "440m" in route
+    assert route.startswith("정문에서 중앙도서관(10번 건물)까지 걸어서 약 6분(440m) 걸립니다.")
     cafe = compose_answer(retriever.retrieve("where is cafe ongi?"))
     assert "Cafe Ongi is a cafe 120 m from the Back Gate" in cafe
     far = compose_answer(retriever.retrieve("how do I get to the district office?"))

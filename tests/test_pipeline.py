@@ -99,7 +99,7 @@ def test_silence_and_noise_give_no_answer(pipeline):
     noise = (rng.standard_normal(16000 * 3) * 0.05).astype(np.float32)
     for audio in (silence, noise):
         r = pipeline.ask_audio(audio)
-        assert r.kind == "none" and r.answer == "" and r.audio is None or not len(r.audio)
+        assert r.kind == "none" and r.answer == "" and (r.audio is None or not len(r.audio))
 
 
 def test_clipped_question_is_still_understood(pipeline, question_en):
@@ -219,3 +219,18 @@ def test_barge_in_stops_playback_and_takes_the_new_question(pipeline, question_e
     pipeline.dialogue.history.clear()
     turns, _, _, speaker = _kiosk(pipeline, question_en, echo=question_en)
     assert speaker.stopped >= 1 and len(turns) == 2
+
+
+@pytest.mark.parametrize("pause_s", [0.5, 1.0])
+def test_a_file_is_one_visitor_turn_pauses_included(pipeline, pause_s):
+    """`ask --wav` of "Excuse me. [pause] Where is the library?" answers the question, not the
+    opener (the VAD alone closes the first utterance after 0.45 s of silence)."""
+    def say(text):
+        audio = np.concatenate(list(pipeline.tts.synthesize(text, "en")))
+        return resample(audio, pipeline.tts.sample_rate, 16000)
+
+    gap = np.zeros(int(pause_s * 16000), np.float32)
+    audio = np.concatenate([gap, say("Excuse me."), gap, say("Where is the library?"), gap])
+    r = pipeline.ask_audio(audio)
+    assert "excuse me" in r.transcript.lower() and "library" in r.transcript.lower()
+    assert r.kind in ("llm", "fallback") and "library" in r.sources

@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 def test_types_languages_noise_and_card(data):
     out, card, s = data
     train = s["train"]
-    assert {r["type"] for r in train} == {"basic", "route", "location", "complex", "unknown"}
+    assert {r["type"] for r in train} == {"basic", "route", "location", "complex", "followup", "unknown"}
     assert {r["lang"] for r in train} == {"ko", "en"}
     assert {r["noise"] for r in train} >= {"none", "typo", "asr"}
     assert any(r["history"] for r in train)                     # follow-up turns exist
@@ -85,6 +85,7 @@ def test_every_prompt_is_what_the_kiosk_renders(data):
         llm = RecordingLLM(r["answer"])
         d = Dialogue(cfg, kb, retriever, llm)
         d.history = [Turn(q, a) for q, a in r["history"]]
+        d.topics = list(r.get("context", []))
         list(d.ask(r["question"], lang=r["lang"]))
         assert llm.prompts == [r["prompt"]], r["question"]
 

@@ -6,8 +6,8 @@ import pytest
 from campus_guide.config import SAMPLE_KB
 from campus_guide.knowledge import load_kb
 from campus_guide.prompt import UNKNOWN
-from training.evaluate import (Report, bleu, chrf, evaluate, has_fact, invented_entities, kb_names,
-                               plot_reports, rouge_l, score)
+from campus_guide.knowledge.places import PlaceDetector
+from training.evaluate import Report, bleu, chrf, evaluate, has_fact, plot_reports, rouge_l, score
 
 KO_REF = "중앙도서관은 10번 건물로, 중앙잔디광장 북쪽에 있습니다."
 EN_REF = "Central Library is building 10, north of the Central Lawn."
@@ -15,7 +15,7 @@ EN_REF = "Central Library is building 10, north of the Central Lawn."
 
 @pytest.fixture(scope="module")
 def known():
-    return kb_names(load_kb(SAMPLE_KB))
+    return PlaceDetector(load_kb(SAMPLE_KB))
 
 
 def row(lang="ko", answer=KO_REF, expect=("10",), unknown=False):
@@ -41,10 +41,10 @@ def test_fact_accuracy_needs_the_exact_number():
 
 
 def test_invented_entity_detected(known):
-    assert invented_entities("Central Library is next to the Student Union.", known) == []
-    assert invented_entities("Go past the Quantum Research Tower.", known) == ["Quantum Research Tower"]
-    assert invented_entities("미래융합관 옆에 있습니다.", known) == ["미래융합관"]
-    assert invented_entities("중앙도서관은 분수광장 북쪽에 있습니다.", known) == []
+    assert known.invented("Central Library is next to the Student Union.") == []
+    assert known.invented("Go past the Quantum Research Tower.") == ["Quantum Research Tower"]
+    assert known.invented("미래융합관 옆에 있습니다.") == ["미래융합관"]
+    assert known.invented("중앙도서관은 분수광장 북쪽에 있습니다.") == []
 
 
 def test_wrong_language_scores_zero_and_unknown_is_checked(known):
@@ -103,4 +103,4 @@ def test_shipped_adapter_answers_from_the_facts(models_dir):
         gen.close()
     number = kb.get("library").number
     assert stopped and has_fact(answer, number), answer
-    assert invented_entities(answer, kb_names(kb)) == []
+    assert PlaceDetector(kb).invented(answer) == []

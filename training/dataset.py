@@ -30,27 +30,23 @@ from typing import Iterator
 
 from campus_guide.config import Config
 from campus_guide.knowledge import Building, KnowledgeBase, Place, Retriever, load_kb
-from campus_guide.knowledge.answers import has_batchim, topic
+from campus_guide.knowledge import answers as A
+from campus_guide.intents import asks_about_a_place, points_back
+from campus_guide.knowledge.noise import add_noise
+from campus_guide.korean import has_hangul, obj, subject, topic, wa
 from campus_guide.prompt import UNKNOWN, Turn, render_prompt, render_target
 
 log = logging.getLogger(__name__)
 
-TYPES = ("basic", "route", "location", "complex", "unknown")
+TYPES = ("basic", "route", "location", "complex", "need", "followup", "unknown")
 HELD_OUT_INTENTS = ("route_time", "basic_facilities")
 NOISE_RATE = 0.25           # share of training questions with a typo or an ASR-like slip
 VAL_RATE = 0.08
 
 
-# --- Korean particles ---------------------------------------------------------------------------------
-
-def _josa(word: str, with_batchim: str, without: str) -> str:
-    return word + (with_batchim if has_batchim(word) else without)
-
-
 def ko_forms(name: str) -> dict[str, str]:
     """`{n}` and its particle forms for Korean templates."""
-    return {"n": name, "n_topic": topic(name), "n_subj": _josa(name, "이", "가"),
-            "n_obj": _josa(name, "을", "를")}
+    return {"n": name, "n_topic": topic(name), "n_subj": subject(name), "n_obj": obj(name)}
 
 
 # --- question templates: intent -> language -> phrasings ---------------------------------------------
@@ -115,12 +111,27 @@ Q = {
         "en": ["What are the building numbers of the {a} and the {b}?",
                "Which building numbers are the {a} and the {b}?",
                "Tell me the numbers of the {a} and the {b}."],
-        "ko": ["{a}{a_wa} {b} 몇 번 건물이에요?", "{a}{a_wa} {b} 건물 번호 알려주세요.",
-               "{a}{a_wa} {b_topic} 각각 몇 번 건물인가요?"],
+        "ko": ["{a_wa} {b} 몇 번 건물이에요?", "{a_wa} {b} 건물 번호 알려주세요.",
+               "{a_wa} {b_topic} 각각 몇 번 건물인가요?"],
     },
     "complex_followup": {   # a second turn about another building, asked the way the first was
         "en": ["And what about the {n}?", "What about the {n}?", "And the {n}?"],
         "ko": ["{n_topic}요?", "그럼 {n_topic}요?", "{n}도 알려주세요."],
+    },
+    "need_where": {         # a need, not a place: {w} is what the service is (answers.service_answer)
+        "en": ["Where can I {w}?", "I want to {w}.", "Is there somewhere I can {w}?", "Where do I go to {w}?"],
+        "ko": ["{w_topic} 어디서 할 수 있어요?", "{w} 어디서 해요?", "{w} 할 수 있는 곳 있어요?",
+               "{w_topic} 어디로 가면 돼요?"],
+    },
+    "followup_number": {    # after "Where is the {n}?": a question that names no place
+        "en": ["What number is it?", "Which building number is that?", "What's its building number?",
+               "And its number?"],
+        "ko": ["거기 몇 번 건물이에요?", "그 건물 번호가 뭐예요?", "거기 건물 번호 알려주세요.", "그럼 거기는 몇 번이에요?"],
+    },
+    "followup_route": {
+        "en": ["How do I get there?", "How long does it take to get there?", "Can you tell me the way there?",
+               "How far is it?"],
+        "ko": ["거기 어떻게 가요?", "거기까지 얼마나 걸려요?", "거기 가는 길 알려주세요.", "그럼 거기는 어떻게 가요?"],
     },
     "unknown_missing": {    # about a real entry, asking what the knowledge base does not say
         "en": ["What is the phone number of the {n}?", "Who is in charge of the {n}?",
@@ -134,87 +145,31 @@ Q = {
 INTENT_TYPE = {i: i.split("_", 1)[0] for i in Q}
 
 
-# --- answers: only what the facts say ------------------------------------------------------------------
-
-def _bnum(e, lang: str) -> str:
-    if not isinstance(e, Building):
-        return ""
-    return f"({e.number}번 건물)" if lang == "ko" else f" (building {e.number})"
-
+# --- answers: campus_guide.knowledge.answers writes every sentence ---------------------------------------
 
 def answer_for(kb: KnowledgeBase, intent: str, ids: list[str], lang: str, r) -> str:
-    """The grounded target sentence(s) for an intent about `ids`, using retrieval `r`'s route."""
-    ko = lang == "ko"
-    e = kb.get(ids[0])
-    name = e.name[lang]
+    """The grounded target for an intent about `ids`: the kiosk's own answer writer, so the
+    model learns exactly what the kiosk says without it. Routes name only the landmarks of the
+    route fact (the per-step instructions are not in the prompt)."""
     if intent.startswith("unknown"):
         return UNKNOWN[lang]
-    if intent == "basic_number" or intent == "complex_followup":
-        return f"{topic(name)} {e.number}번 건물입니다." if ko else f"{name} is building {e.number}."
+    if intent in ("basic_number", "complex_followup", "followup_number"):
+        return A.number_answer(kb, ids[0], lang)
+    if intent == "need_where":
+        return A.compose_answer(r)
     if intent == "basic_hours":
-        return (f"{name}{_bnum(e, lang)}의 운영 시간은 {e.hours.ko}입니다." if ko
-                else f"{name}{_bnum(e, lang)} is open {e.hours.en}.")
+        return A.hours_answer(kb, ids[0], lang)
     if intent == "basic_facilities":
-        items = ", ".join(e.facilities[lang])
-        return (f"{name}{_bnum(e, lang)}에는 {items}{'이' if has_batchim(items) else '가'} 있습니다." if ko
-                else f"{name}{_bnum(e, lang)} has {_and(e.facilities['en'])}.")
+        return A.facilities_answer(kb, ids[0], lang)
     if intent in ("location_where", "location_near"):
-        return _where(kb, e, lang)
-    if intent.startswith("route"):
-        return route_target(kb, r.route, lang, minutes_first=intent == "route_time")
+        return A.where_answer(kb, ids[0], lang)
+    if intent.startswith("route") or intent == "followup_route":
+        return A.route_answer(kb, r.route, lang, steps=False)
     if intent == "complex_two_facts":
-        return (f"{topic(name)} {e.number}번 건물이고, 운영 시간은 {e.hours.ko}입니다." if ko
-                else f"{name} is building {e.number}, and it is open {e.hours.en}.")
+        return A.number_and_hours_answer(kb, ids[0], lang)
     if intent == "complex_two_buildings":
-        a, b = kb.get(ids[0]), kb.get(ids[1])
-        return (f"{topic(a.name.ko)} {a.number}번 건물이고, {topic(b.name.ko)} {b.number}번 건물입니다." if ko
-                else f"{a.name.en} is building {a.number}, and {b.name.en} is building {b.number}.")
+        return A.numbers_answer(kb, ids[0], ids[1], lang)
     raise ValueError(f"no answer rule for intent {intent!r}")
-
-
-def _entry_ids(kb: KnowledgeBase) -> set[str]:
-    return {x.id for x in kb.entries()}
-
-
-def _and(items) -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _where(kb: KnowledgeBase, e, lang: str) -> str:
-    ko, name = lang == "ko", e.name[lang]
-    if isinstance(e, Building):
-        return (f"{topic(name)} {e.number}번 건물로, {e.location.ko}에 있습니다." if ko
-                else f"{name} is building {e.number}, {e.location.en}.")
-    if isinstance(e, Place) and e.off_campus:
-        gate = kb.name(e.gate, lang)
-        return (f"{topic(name)} {gate}에서 {e.metres:g}m, 걸어서 약 {e.minutes:g}분 거리입니다." if ko
-                else f"{name} is {e.metres:g} m from the {gate}, about {e.minutes:g} minutes on foot.")
-    return f"{topic(name)} {e.location.ko}에 있습니다." if ko else f"{name} is {e.location.en}."
-
-
-def route_target(kb: KnowledgeBase, route, lang: str, minutes_first: bool = False) -> str:
-    """A route in the words of its grounding fact: landmarks in order, metres and minutes."""
-    ko = lang == "ko"
-    origin, dest = route.origin_name[lang], route.destination_name[lang]
-    dest_entry = kb.get(route.destination) if route.destination in _entry_ids(kb) else None
-    dest += _bnum(dest_entry, lang) if dest_entry else ""
-    via = [s.to_name[lang] for s in route.steps[:-1]]
-    if ko:
-        total = f"약 {route.metres}m, 걸어서 {route.minutes}분 정도입니다."
-        walk = (f"{origin}에서 {', '.join(via)}{'을' if has_batchim(via[-1]) else '를'} 지나 {dest}까지 가세요."
-                if via else f"{origin}에서 {dest}까지 바로 가세요.")
-        s = f"{origin}에서 {dest}까지 걸어서 약 {route.minutes}분({route.metres}m) 걸립니다. " + walk \
-            if minutes_first else f"{walk} {total}"
-    else:
-        total = f"It is about {route.metres} m, {route.minutes} minutes on foot."
-        walk = (f"From the {origin}, go past {_and(via)} to {dest}." if via
-                else f"From the {origin}, go straight to {dest}.")
-        s = f"It takes about {route.minutes} minutes on foot ({route.metres} m) from the {origin} to " \
-            f"{dest}. " + walk if minutes_first else f"{walk} {total}"
-    if route.transit:
-        s += (" 대중교통: " if ko else " By transit: ") + route.transit[lang]
-    return s
 
 
 def expected_facts(kb: KnowledgeBase, intent: str, ids: list[str], lang: str, r) -> list[str]:
@@ -222,8 +177,12 @@ def expected_facts(kb: KnowledgeBase, intent: str, ids: list[str], lang: str, r)
     neighbour or an hour."""
     if intent.startswith("unknown"):
         return []
-    if intent.startswith("route"):
+    if intent.startswith("route") or intent == "followup_route":
         return [str(r.route.minutes)]
+    if intent == "need_where":
+        first = next(h.id for h in r.results if h.why == "service")
+        e = kb.get(first)
+        return [e.number if isinstance(e, Building) else e.name[lang], str(r.minutes[first])]
     out = []
     for i in ids:
         e = kb.get(i)
@@ -244,33 +203,6 @@ def expected_facts(kb: KnowledgeBase, intent: str, ids: list[str], lang: str, r)
 
 def _all_names(kb: KnowledgeBase, lang: str) -> list[str]:
     return [e.name[lang] for e in kb.entries()] + [t[lang] for t in kb.graph.nodes.values()]
-
-
-# --- noise: typos and ASR-like slips ---------------------------------------------------------------------
-
-_ASR_EN = [("Where is", "where's"), ("What's", "whats"), ("the ", ""), ("How do I", "how do i"),
-           ("building", "bilding"), ("?", ""), (".", "")]
-_ASR_KO = [(" ", ""), ("?", ""), ("어디", "어디"), ("관", "간"), ("요", "여"), ("건물", "건무")]
-
-
-def add_noise(q: str, lang: str, rng: random.Random) -> tuple[str, str]:
-    """('typo' | 'asr', noisy question): a swapped/dropped letter, or what a recogniser writes."""
-    if rng.random() < 0.5:
-        subs = [(a, b) for a, b in (_ASR_KO if lang == "ko" else _ASR_EN) if a in q and a != b]
-        if subs:
-            a, b = rng.choice(subs)
-            q2 = q.replace(a, b, 1)
-            return "asr", (q2.lower() if lang == "en" else q2).strip()
-    letters = [i for i, c in enumerate(q) if c.isalpha()]
-    i = rng.choice(letters[1:-1] or letters)
-    op = rng.choice(("swap", "drop", "double"))
-    if op == "swap" and i + 1 < len(q) and q[i + 1].isalpha():
-        q = q[:i] + q[i + 1] + q[i] + q[i + 2:]
-    elif op == "drop":
-        q = q[:i] + q[i + 1:]
-    else:
-        q = q[:i] + q[i] + q[i:]
-    return "typo", q
 
 
 # --- generation ---------------------------------------------------------------------------------------
@@ -294,6 +226,8 @@ class Example:
     expect: list[str]
     unknown: bool
     retrieved: list[str] = field(default_factory=list)
+    route: list[str] | None = None     # [origin, destination] of a route answer (structure check)
+    context: list[str] = field(default_factory=list)   # places the conversation was about
 
 
 @dataclass
@@ -308,8 +242,7 @@ class DatasetOptions:
 
 def _surface(e, lang: str, rng: random.Random) -> str:
     """The entry's name, or sometimes one of its aliases in the same script (visitors use both)."""
-    hangul = lambda s: bool(re.search(r"[\uac00-\ud7a3]", s))  # noqa: E731
-    aliases = [a for a in e.aliases if hangul(a) == (lang == "ko") and len(a) > 2]
+    aliases = [a for a in e.aliases if has_hangul(a) == (lang == "ko") and len(a) > 2]
     return rng.choice(aliases) if aliases and rng.random() < 0.3 else e.name[lang]
 
 
@@ -317,8 +250,11 @@ def _subjects(kb: KnowledgeBase, intent: str, rng: random.Random) -> list[list[s
     """Which entries each intent asks about."""
     b = [x for x in kb.buildings]
     places = [p for p in kb.places]
-    if intent in ("basic_number", "complex_followup", "basic_facilities", "unknown_missing"):
+    if intent in ("basic_number", "complex_followup", "basic_facilities", "unknown_missing",
+                  "followup_number", "followup_route"):
         return [[x.id] for x in b]
+    if intent == "need_where":
+        return [[sv.id] for sv in kb.services]
     if intent in ("basic_hours", "complex_two_facts"):
         return [[x.id] for x in kb.entries() if x.hours and (isinstance(x, Building) or intent == "basic_hours")]
     if intent.startswith("location"):
@@ -336,8 +272,9 @@ def _subjects(kb: KnowledgeBase, intent: str, rng: random.Random) -> list[list[s
 def _fill(template: str, lang: str, names: list[str]) -> str:
     if len(names) == 1:
         kw = ko_forms(names[0]) if lang == "ko" else {"n": names[0]}
+        kw |= {"w": names[0], "w_topic": kw.get("n_topic", names[0])}
     else:
-        kw = {"a": names[0], "b": names[1], "a_wa": "과" if has_batchim(names[0]) else "와",
+        kw = {"a": names[0], "b": names[1], "a_wa": wa(names[0]),
               "b_topic": topic(names[1])}
     q = template.format(**kw)
     return re.sub(r"the The ", "the ", q[0].upper() + q[1:])
@@ -352,8 +289,12 @@ class Builder:
         self.rng = random.Random(opts.seed)
         self.dropped: Counter = Counter()
 
-    def retrieve(self, question: str, lang: str):
-        r = self.retriever.retrieve(question, k=self.cfg.dialogue.retrieval_k)
+    def retrieve(self, question: str, lang: str, context: list[str] = ()):
+        """What the kiosk's Dialogue retrieves: the conversation's places count only for a
+        question that points back at them or asks about a place without naming one."""
+        follow_up = points_back(question) or asks_about_a_place(question)
+        r = self.retriever.retrieve(question, k=self.cfg.dialogue.retrieval_k,
+                                    context=tuple(context) if follow_up else ())
         r.lang = lang
         return r
 
@@ -361,9 +302,13 @@ class Builder:
              noisy: bool) -> Example | None:
         """One example, or None when the kiosk would not show this prompt to the model."""
         kb, rng = self.kb, self.rng
-        entries = [kb.get(i) for i in ids]
-        names = [_surface(e, lang, rng) for e in entries]
+        service = next((sv for sv in kb.services if [sv.id] == ids), None) if intent == "need_where" else None
+        names = [service.what[lang]] if service else [_surface(kb.get(i), lang, rng) for i in ids]
         history: list[Turn] = []
+        context: list[str] = []
+        if intent.startswith("followup"):      # the visitor first asked where the place is
+            q0 = _fill(rng.choice(Q["location_where"][lang][:-1]), lang, [kb.get(ids[0]).name[lang]])
+            history, context = [Turn(q0, A.where_answer(kb, ids[0], lang))], [ids[0]]
         if intent == "complex_followup":
             first = self.rng.choice([b for b in kb.buildings if b.id != ids[0]])
             q0 = _fill(rng.choice(Q["basic_number"][lang][:-1]), lang, [first.name[lang]])
@@ -373,12 +318,19 @@ class Builder:
         noise = "none"
         if noisy:
             noise, question = add_noise(question, lang, rng)
-        r = self.retrieve(question, lang)
+        r = self.retrieve(question, lang, context)
         if not r.known(self.cfg.dialogue.min_score):
             self.dropped[f"{intent}: below min_score"] += 1
             return None
+        if r.unsure(self.cfg.dialogue.min_score):
+            self.dropped[f"{intent}: the kiosk asks \"did you mean\" instead"] += 1
+            return None
         top = [h.id for h in r.results]
-        if intent.startswith("route"):
+        if service is not None:
+            if r.service is None or r.service.id != service.id:
+                self.dropped[f"{intent}: retrieval found another need"] += 1
+                return None
+        elif intent.startswith("route") or intent == "followup_route":
             want_from = ids[0] if intent == "route_between" else self.cfg.dialogue.kiosk_location
             if r.route is None or r.route.destination != ids[-1] or r.route.origin != want_from:
                 self.dropped[f"{intent}: retrieval found another route"] += 1
@@ -400,7 +352,8 @@ class Builder:
             history=[[t.question, t.answer] for t in history], facts=facts,
             prompt=render_prompt(question, facts, history, lang), target=render_target(answer),
             answer=answer, expect=expected_facts(kb, intent, ids, lang, r),
-            unknown=intent.startswith("unknown"), retrieved=top)
+            unknown=intent.startswith("unknown"), retrieved=top, context=context,
+            route=[r.route.origin, r.route.destination] if r.route is not None else None)
 
     def build(self) -> dict[str, list[Example]]:
         o, rng = self.opts, self.rng

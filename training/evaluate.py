@@ -5,7 +5,10 @@ Metrics per example, averaged by split, type and language:
                        into words (rouge-score's tokenizer drops Hangul and scores Korean 0)
   fact                 the answer contains every knowledge-base fact it should (building number,
                        minutes, hour, neighbour); for unanswerable questions: it says it does not know
-  invented             it names a building/place that is not in the knowledge base
+  invented             it names a building/place that is not in the knowledge base (the guard's
+                       PlaceDetector rule)
+  structure            routes name their places in walking order and end at the destination; a
+                       building's number is its own (the guard's campus_guide.knowledge.structure)
   lang_match           answer language = question language (an answer in the wrong language is 0)
   stop                 the model ended its turn itself before the token limit
 
@@ -25,18 +28,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from campus_guide import prompt
-from campus_guide.cli import UserError
+from campus_guide.errors import UserError
 from campus_guide.knowledge.answers import has_fact
+from campus_guide.korean import SYLLABLE
+from campus_guide.knowledge.places import PlaceDetector
+from campus_guide.knowledge.routes import find_route
+from campus_guide.knowledge.structure import structure_problem
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fact", "rouge_l", "bleu", "chrf", "lang_match", "stop", "invented")
+METRICS = ("fact", "rouge_l", "bleu", "chrf", "lang_match", "stop", "invented", "structure")
 
-_TOKEN = re.compile(r"[\uac00-\ud7a3]|[a-z]+|\d+")
-_EN_PLACE = re.compile(
-    r"\b((?:[A-Z][\w'.-]*\s+)+(?:Hall|Building|Center|Centre|Library|Tower|Gym|Gymnasium|"
-    r"Dormitory|Cafeteria|Stadium|Museum|Auditorium|Gate|Plaza|Pond|House|Station))\b")
-_KO_PLACE = re.compile(r"[\uac00-\ud7a3]+(?:관|센터|홀|기숙사|식당|광장|도서관|정문|후문|동문|서문)")
+_TOKEN = re.compile(SYLLABLE.pattern + r"|[a-z]+|\d+")
 _UNKNOWN_MARKERS = ("don't know", "do not know", "not sure", "모르", "알 수 없")
 
 
@@ -80,33 +83,18 @@ def says_unknown(answer: str) -> bool:
     return any(m in answer.lower() for m in _UNKNOWN_MARKERS)
 
 
-def kb_names(kb) -> set[str]:
-    """Every name the knowledge base knows, lower-cased (entries, aliases, graph nodes, campus)."""
-    names = {n.lower() for n in kb.names()}
-    names |= {t[lang].lower() for t in kb.graph.nodes.values() for lang in prompt.LANGUAGES}
-    names |= {kb.campus[lang].lower() for lang in prompt.LANGUAGES}
-    names |= {f.lower() for b in kb.buildings for lang in prompt.LANGUAGES for f in b.facilities[lang]}
-    names |= {c[lang].lower() for c in kb.categories.values() for lang in prompt.LANGUAGES}
-    return names
-
-
-def invented_entities(answer: str, known: set[str]) -> list[str]:
-    """Place-like names in the answer that no knowledge-base name contains."""
-    found = [re.sub(r"^(?:The|A|An)\s+", "", m.group(0)) for m in _EN_PLACE.finditer(answer)]
-    found += [m.group(0) for m in _KO_PLACE.finditer(answer)]
-    return [f for f in found if not any(f.lower() in k or k in f.lower() and len(k) >= len(f) - 2
-                                        for k in known)]
-
-
-def score(row: dict, answer: str, stopped: bool, known: set[str]) -> dict:
+def score(row: dict, answer: str, stopped: bool, places: PlaceDetector) -> dict:
     """All metrics of one answer against its dataset row."""
     ref = row["answer"]
     if row.get("unknown"):
         fact = float(says_unknown(answer))
     else:
         fact = float(bool(answer) and all(has_fact(answer, f) for f in row["expect"]))
-    invented = invented_entities(answer, known)
-    return {"fact": fact, "rouge_l": rouge_l(answer, ref), "bleu": bleu(answer, ref),
+    invented = places.invented(answer)     # the rules the kiosk's guard applies
+    route = find_route(places.kb, *row["route"]) if row.get("route") else None
+    wrong = structure_problem(answer, places.kb, places, route) if answer else None
+    return {"structure": float(wrong is None), "structure_problem": wrong,
+            "fact": fact, "rouge_l": rouge_l(answer, ref), "bleu": bleu(answer, ref),
             "chrf": chrf(answer, ref),
             "lang_match": float(bool(answer) and prompt.language_of(answer, "") == row["lang"]),
             "stop": float(stopped), "invented": float(bool(invented)), "invented_names": invented}
@@ -212,11 +200,11 @@ def evaluate(rows: Iterable[dict], generate: Generator | Callable, kb, data_name
     rows = list(rows)[:limit] if limit else list(rows)
     if not rows:
         raise UserError(f"{data_name}: no examples to evaluate")
-    known = kb_names(kb)
+    places = PlaceDetector(kb)
     scored, t0 = [], time.time()
     for row in tqdm(rows, desc=f"eval {getattr(generate, 'name', '')}", disable=not progress):
         answer, stopped = generate(row["prompt"])
-        s = score(row, answer, stopped, known)
+        s = score(row, answer, stopped, places)
         scored.append({"id": row["id"], "split": row.get("split", "test"), "type": row["type"],
                        "lang": row["lang"], "question": row["question"], "reference": row["answer"],
                        "answer": answer, **s})
@@ -233,11 +221,9 @@ def write_report(report: Report, out: Path) -> Path:
 
 def plot_reports(reports: list[Report], png: Path) -> Path:
     """One group of bars per metric, one bar per model: the tuned-vs-base picture."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from training.plots import pyplot, save
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(7.5, 3.5))
     width = 0.8 / len(reports)
     for i, rep in enumerate(reports):
         xs = [j + i * width for j in range(len(METRICS))]
@@ -248,7 +234,4 @@ def plot_reports(reports: list[Report], png: Path) -> Path:
     ax.set_title(f"held-out: {reports[0].data} ({reports[0].examples} questions; invented: lower is better)",
                  fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return save(fig, png)

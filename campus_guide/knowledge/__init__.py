@@ -7,7 +7,7 @@
 from .answers import compose_answer
 from .retrieval import Hit, Retrieval, Retriever
 from .routes import Route, Step, find_route
-from .schema import Building, KBError, KnowledgeBase, Place, Text, load_kb
+from .schema import Building, KBError, KnowledgeBase, Place, Service, Text, load_kb
 
-__all__ = ["Building", "Hit", "KBError", "KnowledgeBase", "Place", "Retrieval", "Retriever", "Route",
+__all__ = ["Building", "Hit", "KBError", "KnowledgeBase", "Place", "Retrieval", "Retriever", "Route", "Service",
            "Step", "Text", "compose_answer", "find_route", "load_kb"]

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..config import load_config
 
 

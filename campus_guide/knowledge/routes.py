@@ -34,6 +34,11 @@ class Route:
     transit: Text | None = None   # public transport alternative for a long walk
 
     @property
+    def nodes(self) -> list[str]:
+        """Every place the walk passes, in order, origin and destination included."""
+        return [self.origin, *(s.to for s in self.steps[:-1]), self.destination]
+
+    @property
     def metres(self) -> int:
         return int(round(sum(s.metres for s in self.steps)))
 

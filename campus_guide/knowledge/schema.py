@@ -16,7 +16,7 @@ from typing import Any, Iterator, Union
 
 import yaml
 
-from ..cli import UserError
+from ..errors import UserError
 
 LANGS = ("ko", "en")
 _ID = re.compile(r"^[a-z0-9_]+$")
@@ -116,6 +116,16 @@ class Graph:
 Entry = Union[Building, Place]
 
 
+@dataclass(frozen=True)
+class Service:
+    """Something a visitor needs rather than a place they name ("where can I print?"): what it
+    is, the words people use for it, and the entries that offer it."""
+    id: str
+    what: Text                      # en: follows "You can ..."; ko: a noun that takes 은/는
+    words: dict[str, tuple[str, ...]]   # per language; matched as word starts / Hangul runs
+    at: tuple[str, ...]             # entry ids
+
+
 @dataclass
 class KnowledgeBase:
     path: Path
@@ -125,6 +135,7 @@ class KnowledgeBase:
     buildings: list[Building]
     places: list[Place]
     graph: Graph
+    services: list[Service] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_id: dict[str, Entry] = {e.id: e for e in self.entries()}
@@ -182,13 +193,29 @@ class KnowledgeBase:
         return f"{e.name[lang]}: " + "; ".join(p.rstrip(".") for p in parts) + "."
 
 
+    def service_fact(self, service: "Service", places: list[str], minutes: dict[str, int],
+                     lang: str) -> str:
+        """The grounding line for a need: where it is offered, nearest first, with the walk."""
+        def place(i: str) -> str:
+            e = self.get(i)
+            tag = (f"({e.number}번 건물)" if lang == "ko" else f" (building {e.number})") \
+                if isinstance(e, Building) else ""
+            return e.name[lang] + tag
+        if lang == "ko":
+            parts = [f"{place(i)}, 여기서 도보 {minutes[i]}분" for i in places]
+            return f"{service.what.ko}: " + "; 또는 ".join(parts) + "."
+        parts = [f"{place(i)}, {minutes[i]} min walk from here" for i in places]
+        return f"{service.what.en[:1].upper()}{service.what.en[1:]}: at " + "; also at ".join(parts) + "."
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- loading and validation --------------------------------------------------------------
 
-_TOP = {"campus", "categories", "buildings", "places", "graph"}
+_TOP = {"campus", "categories", "buildings", "places", "graph", "services"}
+_SERVICE = {"id", "what", "words", "at"}
 _BUILDING = {"id", "number", "name", "aliases", "category", "location", "hours", "facilities"}
 _PLACE = {"id", "name", "category", "aliases", "location", "hours",
           "from", "metres", "minutes", "directions", "transit"}
@@ -297,11 +324,56 @@ def load_kb(path: str | Path) -> KnowledgeBase:
     places = _places(c, top["places"], categories, claim)
     graph = _graph(c, top["graph"], buildings, places, claim)
     _check_names_unique(c, buildings, places)
+    services = _services(c, top.get("services"), {e.id for e in (*buildings, *places)})
     if not c.errors:
         _check_connected(c, graph, buildings, places)
     if c.errors:
         raise KBError(c.errors)
-    return KnowledgeBase(path, file_sha256(path), campus, categories, buildings, places, graph)
+    return KnowledgeBase(path, file_sha256(path), campus, categories, buildings, places, graph, services)
+
+
+def _services(c: _Checker, raw: Any, entry_ids: set[str]) -> list[Service]:
+    """`services:` (optional): each names what it is, the words for it in both languages, and
+    the buildings or places (`at`) that offer it."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.error("services", None, f"must be a list, got {type(raw).__name__}")
+        return []
+    out, seen = [], set()
+    for i, r in enumerate(raw):
+        where = _where("services", i, r)
+        r = c.mapping(r, where, _SERVICE, ("id", "what", "words", "at"))
+        if r is None:
+            continue
+        sid = r.get("id")
+        if not isinstance(sid, str) or not _ID.match(sid):
+            if sid is not None:
+                c.error(where, "id", f"{sid!r} must be lowercase letters, digits and _")
+            continue
+        if sid in seen:
+            c.error(where, "id", "duplicate service id")
+        seen.add(sid)
+        what = c.text(r.get("what"), where, "what")
+        words: dict[str, tuple[str, ...]] = {}
+        raw_words = r.get("words")
+        if not isinstance(raw_words, dict):
+            c.error(where, "words", "must be a mapping {ko: [...], en: [...]}")
+        else:
+            for k in raw_words:
+                if k not in LANGS:
+                    c.error(where, f"words.{k}", "unknown language (use ko and en)")
+            for lang in LANGS:
+                words[lang] = c.strings(raw_words.get(lang), where, f"words.{lang}")
+                if not words[lang]:
+                    c.error(where, f"words.{lang}", "give at least one word a visitor would say")
+        at = c.strings(r.get("at"), where, "at")
+        for a in at:
+            if a not in entry_ids:
+                c.error(where, "at", f"{a!r} is not a building or place id")
+        if what and len(words) == len(LANGS) and at:
+            out.append(Service(sid, what, words, at))
+    return out
 
 
 def _categories(c: _Checker, raw: Any) -> dict[str, Text]:
