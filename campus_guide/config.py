@@ -45,7 +45,7 @@ class ASRConfig:
     # Beam search, still deterministic (temperature 0, no sampling). On 80 real Korean clips
     # (docs/bench.md, "ASR on real speech") greedy decoding loops and drops words: CER 0.168;
     # beam 2: 0.111, beam 3: 0.094, beam 5: 0.096. 3 is the smallest beam under the 0.10 goal and
-    # costs ~4 % more ASR time than greedy (the encoder passes dominate); English is unchanged.
+    # costs 2-10 % more ASR time than greedy (the encoder passes dominate); English unchanged.
     beam_size: int = 3
     cpu_threads: int = 0            # 0 = CTranslate2's default
     hotwords: bool = False          # KB names as a Whisper prompt: off, unclear speech came back as copied names (device/asr.py)

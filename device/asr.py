@@ -35,7 +35,7 @@ _MIN_SAMPLES = SAMPLE_RATE // 10
 _QUIET_RMS = 0.01          # -40 dBFS: nobody is speaking to the kiosk this softly
 # Whisper's language detector learned from ~55x more English than Korean (Whisper paper,
 # appendix E), and on short or reverberant Korean it says English: the one miss on 80 real clips
-# (../shared/korean-speech, a 1 s "네, 좋아요." in a dance studio) had P(ko) 0.11 vs P(en) 0.76,
+# (../shared/korean-speech, a 1 s two-word reply in a dance studio) had P(ko) 0.11 vs P(en) 0.76,
 # i.e. 0.13 of the ko/en mass; every other Korean clip had >= 0.977. English speech (piper and
 # espeak-ng, 40 questions) never gave Korean more than 0.014 of it. Multiplying Korean's odds by
 # 20 sits midway (in log odds) between those: that clip needs > 6.8, the English ones
