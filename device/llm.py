@@ -17,7 +17,7 @@ from typing import Iterator
 
 from campus_guide.errors import UserError
 from campus_guide.bundle import MANIFEST_FILE, BundleError, verify_bundle
-from campus_guide.ggufmeta import read_gguf
+from campus_guide.ggufmeta import GGUFError, read_gguf
 from campus_guide.config import ADAPTER_NAME, LLMConfig, resolve_adapter, resolve_model
 from campus_guide.prompt import START_OF_TURN, STOP_STRINGS, stop_token_ids
 
@@ -108,7 +108,10 @@ class LLM:
                                   "llm.model")
         self.adapter_path = self._adapter(cfg.lora, Path(models_dir))
         self._verify_bundle(self.model_path.parent)
-        read_gguf(self.model_path)     # a file that is no GGUF at all gets a plain answer
+        try:
+            read_gguf(self.model_path)     # a file that is no GGUF at all gets a plain answer
+        except GGUFError as e:
+            raise LLMError(f"llama.cpp could not load {self.model_path}: {e}") from None
         from llama_cpp import Llama, llama_vocab_is_eog
 
         if not hasattr(_route_llama_log, "callback"):
