@@ -98,6 +98,9 @@ class BudgetConfig:
 @dataclass
 class RuntimeConfig:
     state_dir: str = "state"        # status.json and turns.jsonl for `campus-guide status`
+    log_transcripts: bool = True    # false: turns.jsonl keeps kind, language and timings, not words
+    turn_log_max_mb: float = 5.0    # turns.jsonl rotates to turns.jsonl.1 .. .N past this size
+    turn_log_keep: int = 2          # rotated copies kept (a kiosk runs for months)
 
 
 @dataclass
@@ -163,6 +166,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "dialogue.max_sentence_chars": ("at least 20", lambda v: v >= 20),
     "audio.sample_rate": ("8000..48000", lambda v: 8000 <= v <= 48000),
     "budget.total_gb": ("positive", lambda v: v > 0),
+    "runtime.turn_log_max_mb": ("positive", lambda v: v > 0),
+    "runtime.turn_log_keep": ("at least 1", lambda v: v >= 1),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import queue
 import threading
 import time
@@ -116,6 +117,18 @@ def _drain(q: queue.Queue) -> Iterator:
         yield item
 
 
+class _TurnLog(logging.handlers.RotatingFileHandler):
+    """turns.jsonl, one JSON object a line, rotated by size (the standard library's rotation).
+    A write that fails raises instead of printing a traceback, so the pipeline logs it once."""
+
+    def __init__(self, path: Path, rt):
+        super().__init__(path, maxBytes=int(rt.turn_log_max_mb * 2**20), backupCount=rt.turn_log_keep,
+                         encoding="utf-8", delay=True)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise
+
+
 class Pipeline:
     """All models loaded once here; the kiosk is ready when the constructor returns."""
 
@@ -131,6 +144,7 @@ class Pipeline:
         retriever = Retriever(self.kb, here=cfg.dialogue.kiosk_location)
         self.dialogue = Dialogue(cfg, self.kb, retriever, self.llm)
         self.state_dir = Path(cfg.runtime.state_dir)
+        self._turns = _TurnLog(self.state_dir / TURN_LOG, cfg.runtime)
         log.info("pipeline: ready in %.1f s, %.0f MB resident", time.perf_counter() - t, rss_mb())
 
     def utterance(self, audio: np.ndarray):
@@ -238,15 +252,19 @@ class Pipeline:
                 t.join()
 
     def _log(self, result: TurnResult) -> TurnResult:
-        """The whole turn to state_dir/turns.jsonl; only kind, language and timings to the
-        journal, which is kept longer and read more widely than the kiosk's own state."""
+        """The turn to state_dir/turns.jsonl (bounded: it rotates past runtime.turn_log_max_mb;
+        the visitor's words only with runtime.log_transcripts); only kind, language and timings
+        to the journal, which is kept longer and read more widely than the kiosk's own state."""
         d = result.to_dict()
+        if not self.cfg.runtime.log_transcripts:
+            d.pop("transcript")
+            d.pop("answer")
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.state_dir / TURN_LOG, "a", encoding="utf-8") as f:
-                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            self._turns.emit(logging.makeLogRecord({"msg": json.dumps(d, ensure_ascii=False)}))
         except OSError as e:
-            log.warning("pipeline: cannot write %s: %s", self.state_dir / TURN_LOG, e)
+            log.warning("pipeline: cannot write %s: %s (check runtime.state_dir and free disk "
+                        "space; answering goes on)", self.state_dir / TURN_LOG, e)
         log.info("turn: %s", json.dumps({k: d[k] for k in ("kind", "language", "guard", "timings")}))
         return result
 
@@ -257,3 +275,4 @@ class Pipeline:
 
     def close(self) -> None:
         self.llm.close()
+        self._turns.close()

@@ -234,3 +234,50 @@ def test_a_file_is_one_visitor_turn_pauses_included(pipeline, pause_s):
     r = pipeline.ask_audio(audio)
     assert "excuse me" in r.transcript.lower() and "library" in r.transcript.lower()
     assert r.kind in ("llm", "fallback") and "library" in r.sources
+
+
+def test_the_turn_log_is_bounded_and_words_can_stay_out(pipeline, tmp_path, monkeypatch):
+    from device.pipeline import TURN_LOG, _TurnLog
+
+    rt = pipeline.cfg.runtime
+    monkeypatch.setattr(rt, "log_transcripts", False)
+    monkeypatch.setattr(rt, "turn_log_max_mb", 2000 / 2**20)      # 2 kB: a few turns
+    monkeypatch.setattr(pipeline, "state_dir", tmp_path)
+    monkeypatch.setattr(pipeline, "_turns", _TurnLog(tmp_path / TURN_LOG, rt))
+    for _ in range(12):
+        pipeline.ask_text("hi")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [TURN_LOG, f"{TURN_LOG}.1", f"{TURN_LOG}.2"]     # turn_log_keep copies, no more
+    assert all(p.stat().st_size <= 2000 + 1000 for p in tmp_path.iterdir())
+    rows = [json.loads(x) for p in tmp_path.iterdir() for x in p.read_text().splitlines()]
+    assert rows and all("transcript" not in r and "answer" not in r and r["kind"] == "social" for r in rows)
+
+
+def test_an_unwritable_state_folder_costs_no_answer(pipeline, tmp_path, monkeypatch, caplog):
+    from device.pipeline import TURN_LOG, _TurnLog
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setattr(pipeline, "state_dir", blocked)
+    monkeypatch.setattr(pipeline, "_turns", _TurnLog(blocked / TURN_LOG, pipeline.cfg.runtime))
+    r = pipeline.ask_text("Where is the gym?")
+    assert r.answer and "cannot write" in caplog.text and "runtime.state_dir" in caplog.text
+
+
+def test_the_loaded_kiosk_listens_on_no_network_port(pipeline):
+    """No network listener, ever: every socket this process holds, after loading every model
+    and answering, is checked against the kernel's table of listening TCP/UDP sockets."""
+    import os
+
+    pipeline.ask_text("Where is the library?")
+    mine = {os.readlink(f"/proc/self/fd/{fd}")[8:-1] for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:[")}
+    listening = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        path = f"/proc/self/net/{table}"
+        if os.path.exists(path):
+            for row in open(path).read().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] in ("0A", "07"):        # TCP LISTEN; UDP unconnected (bound)
+                    listening.add(cols[9])
+    assert not mine & listening
