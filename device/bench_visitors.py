@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from campus_guide.config import Config
@@ -112,17 +111,6 @@ class _Clock:
         return self.t
 
 
-@dataclass
-class _Kiosk:
-    dialogue: Dialogue
-    clock: _Clock
-
-    def ask(self, question: str):
-        reply = self.dialogue.ask(question)
-        list(reply)
-        return reply.result
-
-
 def _place(result) -> str | None:
     """The place an answer is about: its first source (a route's destination comes first)."""
     return result.sources[0] if result.kind in ("llm", "fallback") and result.sources else None
@@ -131,18 +119,22 @@ def _place(result) -> str | None:
 def run_visitor_bench(cfg: Config, out: str | Path | None = None, seed: int = 0) -> dict:
     kb = load_kb(cfg.kb)
     clock = _Clock()
-    kiosk = _Kiosk(Dialogue(cfg, kb, Retriever(kb, here=cfg.dialogue.kiosk_location), NoModel(),
-                            clock=clock), clock)
+    dialogue = Dialogue(cfg, kb, Retriever(kb, here=cfg.dialogue.kiosk_location), NoModel(), clock=clock)
     rng = random.Random(seed)
 
+    def ask(question: str):
+        reply = dialogue.ask(question)
+        list(reply)                 # spoken to the end, so the turn is remembered
+        return reply.result
+
     def fresh() -> None:
-        kiosk.dialogue.reset()
+        dialogue.reset()
         clock.t += 1
 
     needs = []
     for q, places in NEEDS:
         fresh()
-        r = kiosk.ask(q)
+        r = ask(q)
         needs.append({"question": q, "got": _place(r), "kind": r.kind, "right": _place(r) in places})
 
     follow = []
@@ -151,17 +143,17 @@ def run_visitor_bench(cfg: Config, out: str | Path | None = None, seed: int = 0)
         for lang in ("en", "ko"):
             for first, templates in ((FIRST, FOLLOW), (ROUTE, ROUTE_FOLLOW)):
                 fresh()
-                kiosk.ask(first[lang].format(b.name[lang]))
+                ask(first[lang].format(b.name[lang]))
                 q = rng.choice(templates[lang])
-                r = kiosk.ask(q)
+                r = ask(q)
                 follow.append({"after": first[lang].format(b.name[lang]), "question": q, "want": b.id,
                                "got": _place(r), "kind": r.kind, "right": _place(r) == b.id})
     idle = []
     for b in rng.sample(buildings, 10):
         fresh()
-        kiosk.ask(FIRST["en"].format(b.name.en))
+        ask(FIRST["en"].format(b.name.en))
         clock.t += cfg.dialogue.session_timeout_s + 1
-        r = kiosk.ask(rng.choice(FOLLOW["en"]))
+        r = ask(rng.choice(FOLLOW["en"]))
         idle.append({"want_not": b.id, "got": _place(r), "kind": r.kind, "right": _place(r) != b.id})
 
     confusions, outcomes = [], Counter()
@@ -172,7 +164,7 @@ def run_visitor_bench(cfg: Config, out: str | Path | None = None, seed: int = 0)
                 if heard == e.name[lang]:
                     continue
                 fresh()
-                r = kiosk.ask(CONFUSED[lang].format(heard))
+                r = ask(CONFUSED[lang].format(heard))
                 got = _place(r)
                 outcome = ("clarified" if r.kind == "clarify" else "right" if got == e.id
                            else "wrong" if got else "unknown")
@@ -183,7 +175,7 @@ def run_visitor_bench(cfg: Config, out: str | Path | None = None, seed: int = 0)
     social = []
     for q, kind in SOCIAL:
         fresh()
-        r = kiosk.ask(q)
+        r = ask(q)
         social.append({"question": q, "kind": r.kind, "right": r.kind == "social"})
 
     rate = lambda rows: round(sum(x["right"] for x in rows) / len(rows), 3)  # noqa: E731

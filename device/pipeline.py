@@ -26,7 +26,7 @@ from campus_guide.config import Config
 from campus_guide.knowledge import Retriever, load_kb
 
 from .asr import Transcriber, kb_hotwords
-from .audio import FileSource
+from .audio import SAMPLE_RATE, FileSource
 from .budget import rss_mb
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
@@ -36,7 +36,6 @@ from .vad import VAD, Utterance
 log = logging.getLogger(__name__)
 
 VAD_MODEL = "silero_vad.onnx"
-SAMPLE_RATE = 16000
 TURN_LOG = "turns.jsonl"
 _END = object()
 

@@ -9,6 +9,7 @@ llama.cpp converter; export never imports training."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,5 +78,5 @@ def test_the_check_sees_a_violation(tmp_path, monkeypatch, source, expected):
     for area in AREAS:
         if area != "device":
             (tmp_path / area).mkdir()
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert violations() == expected

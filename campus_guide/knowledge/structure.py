@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from .answers import split_sentences_plain
 from .places import PlaceDetector
 from .routes import Route
 from .schema import Building, KnowledgeBase
@@ -62,8 +63,6 @@ def structure_problem(answer: str, kb: KnowledgeBase, places: PlaceDetector,
                       route: Route | None) -> str | None:
     """All three checks over a whole answer (the evaluation's view of what the guard does
     sentence by sentence)."""
-    from campus_guide.knowledge.answers import split_sentences_plain
-
     for sentence in split_sentences_plain(answer):
         problem = number_problem(sentence, kb, places) or (
             route_order_problem(sentence, route, places) if route is not None else None)
