@@ -6,6 +6,13 @@
 # (it runs anywhere, which is how CI tests it). See docs/appliance.md.
 set -euo pipefail
 
+# CTranslate2 (faster-whisper's engine) at the version the project's dependencies resolve to
+# (`pip show ctranslate2` in a venv with .[device]; faster-whisper 1.2.1 asks for >=4.0,<5). PyPI's
+# aarch64 wheel of it is CPU-only, so asr_gpu builds this tag with CUDA for the Orin (sm_87) and
+# installs it in place of that wheel. Keep it equal to what pip resolves, or the next
+# `pip install` of the project replaces the build with the CPU wheel (asr_gpu warns if so).
+CT2_VERSION=4.8.5
+
 PREFIX=/opt/campus-guide
 VENV=$PREFIX/venv
 DATA=/var/lib/campus-guide
@@ -15,8 +22,13 @@ UNIT=campus-guide.service
 UNIT_NAME=${UNIT%.service}
 TEGRA_RELEASE=${TEGRA_RELEASE:-/etc/nv_tegra_release}
 NVPMODEL_CONF=${NVPMODEL_CONF:-/etc/nvpmodel.conf}
-APT_PACKAGES=(libportaudio2 espeak-ng python3-venv python3-dev python3-pip cmake build-essential sox)
+APT_PACKAGES=(libportaudio2 espeak-ng python3-venv python3-dev python3-pip cmake build-essential sox git)
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}     # JetPack's CUDA toolkit (nvidia-jetpack)
+CT2_SRC=$PREFIX/src/CTranslate2-$CT2_VERSION  # its source, with submodules
+CT2_ROOT=$PREFIX/ctranslate2-$CT2_VERSION     # the C++ library built for CUDA (include/, lib/)
+CT2_WHEELS=$PREFIX/wheels                     # its Python wheel, built against that library
+ASR_WARNING=""                                # set when ASR stays on the CPU (repeated at the end)
 
 DRY_RUN=0
 POWER_MODE=ask   # yes | no | ask (asked only on a terminal)
@@ -29,7 +41,8 @@ Usage: sudo ./jetson_setup.sh [options]
 
 Installs the campus-guide kiosk on a Jetson Orin Nano with JetPack 6 (L4T R36):
 apt packages, the '$SERVICE_USER' user, a venv in $VENV with llama-cpp-python built for CUDA
-(sm_87), the project with its device runtime and embedded models, the model folders in $DATA
+(sm_87) and CTranslate2 $CT2_VERSION built for CUDA (sm_87; if that fails, ASR stays on the CPU),
+the project with its device runtime and embedded models, the model folders in $DATA
 (bundles/<bundle>/model.gguf and the 'current' link), $ETC/config.yaml, and the systemd unit.
 
 Options:
@@ -56,6 +69,8 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+# Tests point a dry run's read-only checks at a stand-in venv; a real run always uses $PREFIX/venv.
+if [[ $DRY_RUN == 1 && -n ${CAMPUS_GUIDE_VENV:-} ]]; then VENV=$CAMPUS_GUIDE_VENV; fi
 
 say() { printf '==> %s\n' "$*"; }
 skip() { printf '    ok: %s\n' "$*"; }
@@ -188,23 +203,152 @@ sys.exit(0 if llama_cpp.__version__ == sys.argv[1] and llama_cpp.llama_supports_
 PY
         skip "$pin with CUDA"
     else
-        if [[ $DRY_RUN == 0 && ! -x /usr/local/cuda/bin/nvcc ]]; then
-            die "no CUDA compiler at /usr/local/cuda/bin/nvcc; install JetPack's CUDA toolkit (sudo apt-get install nvidia-jetpack) and run this again"
+        if [[ $DRY_RUN == 0 && ! -x $CUDA_HOME/bin/nvcc ]]; then
+            die "no CUDA compiler at $CUDA_HOME/bin/nvcc; install JetPack's CUDA toolkit (sudo apt-get install nvidia-jetpack) and run this again"
         fi
         run env CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=87" \
-            CUDACXX=/usr/local/cuda/bin/nvcc CMAKE_BUILD_PARALLEL_LEVEL=4 \
+            CUDACXX="$CUDA_HOME/bin/nvcc" CMAKE_BUILD_PARALLEL_LEVEL=4 \
             "$VENV/bin/pip" install --no-cache-dir --force-reinstall --no-deps "$pin"
         run "$VENV/bin/pip" install "$pin"   # its pure-Python dependencies
     fi
 
     # The kiosk runtime (faster-whisper, piper, onnxruntime, ...) and the embedded models.
     run "$VENV/bin/pip" install "${SRC}[device,models]"
+    # Smart Turn v3.2's ONNX (end of turn) ships in pipecat-ai; the kiosk runs the file only.
+    run "$VENV/bin/pip" install --no-deps pipecat-ai==1.14.0
     if [[ -L /usr/local/bin/campus-guide ]] && [[ $(readlink /usr/local/bin/campus-guide) == "$VENV/bin/campus-guide" ]]; then
         skip "/usr/local/bin/campus-guide"
     else
         run ln -sfn "$VENV/bin/campus-guide" /usr/local/bin/campus-guide
     fi
     run install -D -m 0644 "$SRC/docs/appliance.md" "$PREFIX/docs/appliance.md"
+}
+
+# The venv's ctranslate2 as "VERSION CUDA_DEVICES" (e.g. "4.8.5 1"); fails when it has none.
+CT2_CHECK='import ctranslate2; print(ctranslate2.__version__, ctranslate2.get_cuda_device_count())'
+ct2_state() {
+    [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "$CT2_CHECK" 2>/dev/null
+}
+
+# asr_on_cpu REASON: pip's CPU-only ctranslate2 stays, the setup goes on; the warning says what
+# to check, and that the config needs asr.device: cpu until ctranslate2 sees the GPU.
+asr_on_cpu() {
+    ASR_WARNING="ASR stays on the CPU: $1"
+    {
+        printf '    WARNING: %s.\n' "$ASR_WARNING"
+        printf '    WARNING: pip'"'"'s CPU-only ctranslate2 is kept; Whisper runs on the CPU (slower answers).\n'
+        printf '    WARNING: check: JetPack'"'"'s CUDA toolkit and cuDNN (%s/bin/nvcc, cudnn.h; sudo apt-get install nvidia-jetpack),\n' "$CUDA_HOME"
+        printf '    WARNING:   that the GPU is visible (%s -c '"'"'import ctranslate2; print(ctranslate2.get_cuda_device_count())'"'"' prints 1),\n' "$VENV/bin/python"
+        printf '    WARNING:   and free memory while it builds (--no-desktop); then run this script again.\n'
+        printf '    WARNING: meanwhile set asr.device: cpu and asr.compute_type: int8 in %s.\n' "$ETC/config.yaml"
+    } >&2
+}
+
+# cuDNN's headers where CMake looks (cudnn.h, or the cudnn_v9.h it may link to); lenient on
+# purpose: CMake has the last word, and its failure also ends in asr_on_cpu.
+cudnn_found() {
+    local d
+    for d in "$CUDA_HOME/include" /usr/include /usr/include/aarch64-linux-gnu /usr/local/include; do
+        compgen -G "$d/cudnn*.h" >/dev/null && return 0
+    done
+    return 1
+}
+
+# The source at tag v$CT2_VERSION, the C++ library for the Orin's GPU, its Python wheel: each
+# step skipped when its result exists. Returns non-zero on the first failure (no die: the caller
+# keeps the CPU wheel), so every step ends in `|| return 1` (set -e does not apply in a condition).
+ct2_build() {
+    if [[ -d $CT2_SRC/.git ]]; then
+        skip "source in $CT2_SRC"
+    else
+        run rm -rf "$CT2_SRC.part" || return 1
+        run install -d -m 0755 "$PREFIX/src" || return 1
+        run git clone --quiet --depth 1 --branch "v$CT2_VERSION" --recurse-submodules \
+            --shallow-submodules https://github.com/OpenNMT/CTranslate2.git "$CT2_SRC.part" || return 1
+        run mv "$CT2_SRC.part" "$CT2_SRC" || return 1
+    fi
+    if [[ -e $CT2_ROOT/lib/libctranslate2.so ]]; then
+        skip "library in $CT2_ROOT"
+    else
+        # aarch64 has no MKL: the compiler's OpenMP, Ruy for the CPU (int8 and float32) beside CUDA;
+        # cuDNN for Whisper's convolutions; kernels for the Orin's GPU only (compute capability 8.7).
+        run cmake -S "$CT2_SRC" -B "$CT2_SRC/build" -DCMAKE_BUILD_TYPE=Release \
+            -DCMAKE_INSTALL_PREFIX="$CT2_ROOT" -DCMAKE_INSTALL_LIBDIR=lib \
+            -DCMAKE_INSTALL_RPATH="$CUDA_HOME/lib64" -DBUILD_CLI=OFF \
+            -DWITH_MKL=OFF -DOPENMP_RUNTIME=COMP -DWITH_RUY=ON \
+            -DWITH_CUDA=ON -DWITH_CUDNN=ON -DCUDA_ARCH_LIST=8.7 \
+            -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" || return 1
+        run cmake --build "$CT2_SRC/build" --parallel 4 || return 1
+        run cmake --install "$CT2_SRC/build" || return 1
+    fi
+    if compgen -G "$CT2_WHEELS/ctranslate2-$CT2_VERSION-*.whl" >/dev/null; then
+        skip "wheel in $CT2_WHEELS"
+    else
+        # setup.py finds the library through CTRANSLATE2_ROOT; the rpath finds it at run time
+        # (the kiosk's unit sets no LD_LIBRARY_PATH).
+        run install -d -m 0755 "$CT2_WHEELS" || return 1
+        run env CTRANSLATE2_ROOT="$CT2_ROOT" LDFLAGS="-Wl,-rpath,$CT2_ROOT/lib" CMAKE_BUILD_PARALLEL_LEVEL=4 \
+            "$VENV/bin/pip" wheel --no-deps --no-cache-dir --wheel-dir "$CT2_WHEELS" "$CT2_SRC/python" || return 1
+    fi
+}
+
+ct2_cpu_wheel() {
+    run "$VENV/bin/pip" install --force-reinstall --no-deps --only-binary ctranslate2 "ctranslate2==$CT2_VERSION"
+}
+
+asr_gpu() {
+    say "CTranslate2 $CT2_VERSION with CUDA (sm_87) for ASR"
+    local state version="" devices=""
+    state=$(ct2_state) || state=""
+    read -r version devices <<<"$state"
+    [[ $devices =~ ^[0-9]+$ ]] || devices=0
+    if ((devices >= 1)); then
+        skip "ctranslate2 $version sees $devices CUDA device(s): ASR on the GPU"
+        [[ $version == "$CT2_VERSION" ]] || skip "(not CT2_VERSION $CT2_VERSION, but it has CUDA: left as it is)"
+        return
+    fi
+    if [[ -n $version && $version != "$CT2_VERSION" ]]; then
+        asr_on_cpu "the project's dependencies installed ctranslate2 $version, but CT2_VERSION at the top of $0 is $CT2_VERSION (make them equal)"
+        return
+    fi
+    printf '    check: %s -c "%s" -> %s (version, CUDA devices; >= 1 device skips this step)\n' \
+        "$VENV/bin/python" "$CT2_CHECK" "${state:-no ctranslate2 yet}"
+
+    local why=""
+    [[ -x $CUDA_HOME/bin/nvcc ]] || why="no CUDA compiler at $CUDA_HOME/bin/nvcc"
+    [[ -n $why ]] || cudnn_found || why="no cuDNN headers (cudnn.h under $CUDA_HOME/include or /usr/include)"
+    if [[ -n $why ]]; then
+        asr_on_cpu "$why"
+        [[ $DRY_RUN == 1 ]] || return 0
+        skip "showing the build anyway, because of --dry-run"
+    fi
+
+    if ! ct2_build; then
+        asr_on_cpu "the CTranslate2 build failed (its output is above)"
+        return
+    fi
+    if ! run "$VENV/bin/pip" install --force-reinstall --no-deps --no-index --find-links "$CT2_WHEELS" \
+        "ctranslate2==$CT2_VERSION"; then
+        ct2_cpu_wheel || true
+        asr_on_cpu "the CUDA build of ctranslate2 would not install"
+        return
+    fi
+    if [[ $DRY_RUN == 1 ]]; then
+        printf '    + %s -c "%s"   (no CUDA device: back to pip'"'"'s CPU wheel, then the warning)\n' \
+            "$VENV/bin/python" "$CT2_CHECK"
+        printf '    + (only then) %s\n' "$VENV/bin/pip install --force-reinstall --no-deps --only-binary ctranslate2 ctranslate2==$CT2_VERSION"
+        return
+    fi
+    state=$(ct2_state) || state=""
+    version="" devices=""
+    read -r version devices <<<"$state"
+    [[ $devices =~ ^[0-9]+$ ]] || devices=0
+    if [[ $version == "$CT2_VERSION" ]] && ((devices >= 1)); then
+        skip "ctranslate2 $version sees $devices CUDA device(s): ASR on the GPU"
+    else
+        ct2_cpu_wheel || true
+        asr_on_cpu "the CUDA build sees no GPU (get_cuda_device_count() gave ${devices}; '${state:-import failed}')"
+    fi
 }
 
 models() {
@@ -309,15 +453,20 @@ desktop() {
     fi
 }
 
+# Sourced (tests/test_jetson_setup.py runs single steps with stand-in tools), it only defines.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 [[ $DRY_RUN == 1 ]] && say "Dry run: printing every action, changing nothing"
 check_board
 apt_packages
 service_user
 folders
 python_env
+asr_gpu
 models
 config
 power_mode
 desktop
 service
 say "Done. Check with: campus-guide status; journalctl -u campus-guide -f"
+if [[ -n $ASR_WARNING ]]; then printf '    WARNING: %s (see above).\n' "$ASR_WARNING" >&2; fi

@@ -30,10 +30,23 @@ class ConfigError(ValueError):
 @dataclass
 class VADConfig:
     threshold: float = 0.5          # speech probability that opens an utterance
-    end_silence_s: float = 0.45     # trailing silence that closes it
+    end_silence_s: float = 0.45     # trailing silence that closes it (turn.mode: silence)
     pre_roll_s: float = 0.3         # audio kept from before the start (first syllable)
     min_speech_s: float = 0.25      # shorter bursts are noise (a cough, a door)
     max_utterance_s: float = 15.0   # a monologue is cut cleanly here
+
+
+@dataclass
+class TurnConfig:
+    """When the visitor has finished (device/turns.py). At a short pause the speech so far is
+    transcribed at once; a turn that sounds finished ends there, one that does not ("where is
+    ...", "도서관에 가려면 ...", a bare "excuse me") waits longer for the rest."""
+    mode: str = "smart"             # smart | silence (the ancestor's fixed vad.end_silence_s)
+    pause_s: float = 0.2            # silence that starts the speculative ASR and the check
+    smart_turn: str | None = "smart-turn-v3.2-cpu.onnx"   # the end-of-turn model; null = rules only
+    threshold: float = 0.5          # Smart Turn P(complete) above which a pause ends the turn
+    incomplete_wait_s: float = 1.5  # silence after which an unfinished-sounding turn ends anyway
+    opener_wait_s: float = 2.0      # after a bare opener ("excuse me", "저기요"): wait for the question
 
 
 @dataclass
@@ -47,7 +60,7 @@ class ASRConfig:
     # beam 2: 0.111, beam 3: 0.094, beam 5: 0.096. 3 is the smallest beam under the 0.10 goal and
     # costs 2-10 % more ASR time than greedy (the encoder passes dominate); English unchanged.
     beam_size: int = 3
-    cpu_threads: int = 0            # 0 = CTranslate2's default
+    cpu_threads: int = 0            # 0 = the thread budget's (device/budget.py, `threads`)
     hotwords: bool = False          # KB names as a Whisper prompt: off, unclear speech came back as copied names (device/asr.py)
 
 
@@ -56,7 +69,8 @@ class LLMConfig:
     model: str = "gemma3-270m-q4_k_m.gguf"  # a file under models_dir, or a path
     lora: str | None = "auto"       # adapter GGUF applied at load; "auto" = campus-lora.gguf if present; null = none
     n_ctx: int = 2048
-    n_threads: int = 0              # 0 = all cores
+    n_threads: int = 0              # decoding; 0 = the thread budget's (device/budget.py, `threads`)
+    n_threads_batch: int = 0        # prompt prefill; 0 = the thread budget's
     n_gpu_layers: int = 0           # -1 on the Jetson (all layers on the GPU)
     max_tokens: int = 160
     temperature: float = 0.0
@@ -80,6 +94,7 @@ class TTSConfig:
     )
     espeak_fallback: bool = True    # speak languages without a piper voice with espeak-ng
     length_scale: float = 1.0
+    threads: int = 0                # onnxruntime threads for piper; 0 = the thread budget's
 
 
 @dataclass
@@ -108,6 +123,7 @@ class Config:
     kb: str = str(SAMPLE_KB)
     models_dir: str = "models"
     vad: VADConfig = field(default_factory=VADConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     asr: ASRConfig = field(default_factory=ASRConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
@@ -156,6 +172,15 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "vad.threshold": ("within 0..1", lambda v: 0 < v < 1),
     "vad.end_silence_s": ("positive", lambda v: v > 0),
     "vad.max_utterance_s": ("positive", lambda v: v > 0),
+    "turn.mode": ("one of smart, silence", lambda v: v in ("smart", "silence")),
+    "turn.pause_s": ("within 0.05..2", lambda v: 0.05 <= v <= 2),
+    "turn.threshold": ("within 0..1", lambda v: 0 < v < 1),
+    "turn.incomplete_wait_s": ("positive", lambda v: v > 0),
+    "turn.opener_wait_s": ("positive", lambda v: v > 0),
+    "llm.n_threads": ("0 (the budget's) or more", lambda v: v >= 0),
+    "llm.n_threads_batch": ("0 (the budget's) or more", lambda v: v >= 0),
+    "asr.cpu_threads": ("0 (the budget's) or more", lambda v: v >= 0),
+    "tts.threads": ("0 (the budget's) or more", lambda v: v >= 0),
     "asr.language": ("one of auto, ko, en", lambda v: v in ("auto", "ko", "en")),
     "asr.beam_size": ("at least 1", lambda v: v >= 1),
     "llm.n_ctx": ("at least 256", lambda v: v >= 256),

@@ -51,6 +51,12 @@ _HALLUCINATIONS = {
 }
 
 
+def _cuda_devices() -> int:
+    import ctranslate2
+
+    return ctranslate2.get_cuda_device_count()
+
+
 def kb_hotwords(kb) -> list[str]:
     """A knowledge base's names in the order worth a prompt token: every building's and
     place's Korean and English name first, then the aliases (the budget cuts the tail)."""
@@ -88,7 +94,14 @@ class Transcriber:
         a = cfg.asr
         path = cfg.models_path(a.model)
         require(Path(path) / "model.bin", f"Whisper model '{a.model}' (CTranslate2 folder)", "asr.model")
-        self.model = WhisperModel(str(path), device=a.device, compute_type=a.compute_type,
+        device, compute_type = a.device, a.compute_type
+        if device == "cuda" and _cuda_devices() == 0:
+            log.warning("asr.device is cuda but CTranslate2 sees no CUDA device (a CPU-only build, or "
+                        "no GPU visible): Whisper runs on the CPU in int8; see docs/appliance.md, "
+                        "'ASR on the Orin's GPU'")
+            device, compute_type = "cpu", "int8"
+        self.device = device
+        self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
                                   cpu_threads=a.cpu_threads, num_workers=1)
         self.beam_size = a.beam_size
         self.language = a.language

@@ -1,7 +1,7 @@
 """The kiosk loop (`listen`, what `campus-guide run` starts) and the operator's `demo`.
 
 Half-duplex by default: while the kiosk answers, and for a short tail after, microphone chunks
-are dropped and the VAD is reset, so the kiosk never hears (and answers) itself. With
+are dropped and the turn-taker is reset, so the kiosk never hears (and answers) itself. With
 `audio.barge_in` (only for an echo-cancelling microphone) it keeps listening, and a visitor who
 starts speaking stops the playback; what they say becomes the next question.
 Turns run in a worker thread so the loop keeps reading the microphone and ticking the watchdog
@@ -19,6 +19,7 @@ from campus_guide.config import Config
 
 from .audio import AudioError, Microphone, Speaker, read_wav
 from .pipeline import Pipeline, TurnResult
+from .turns import Turn, TurnTaker
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +28,25 @@ HUNG_TURN_S = 120.0  # a turn this long is hung (speaker unplugged, GPU stuck): 
 
 
 def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], None] | None = None,
-           on_tick: Callable[[], None] | None = None, stop: threading.Event | None = None) -> None:
-    """Microphone chunks -> VAD utterances -> pipeline -> speaker, until `stop` is set or the
-    microphone ends. `mic` yields float32 chunks (and may have flush()); `speaker` has
-    play_stream(), stop(), resume() and .playing. `on_tick` (the systemd watchdog) is called per
+           on_tick: Callable[[], None] | None = None, stop: threading.Event | None = None,
+           on_heard: Callable[[Turn], None] | None = None, sequential: bool = False,
+           turns: TurnTaker | None = None) -> None:
+    """Microphone chunks -> visitor turns (device/turns.py) -> pipeline -> speaker, until `stop`
+    is set or the microphone ends. `mic` yields float32 chunks (and may have flush()); `speaker`
+    has play_stream(), stop(), resume() and .playing. `on_heard` is called the moment a turn
+    ends, `on_turn` when it has been answered. `on_tick` (the systemd watchdog) is called per
     chunk, except while one turn has been running longer than HUNG_TURN_S, so that systemd
-    restarts a kiosk that still reads its microphone but can no longer answer."""
+    restarts a kiosk that still reads its microphone but can no longer answer. `turns` and
+    `sequential` replace the configured turn-taking and streaming (the benchmark's baseline)."""
     stop = stop or threading.Event()
-    vad, barge_in = pipeline.vad, pipeline.cfg.audio.barge_in
+    turns, barge_in = turns or pipeline.turns, pipeline.cfg.audio.barge_in
     busy = threading.Event()
     busy_since = 0.0
     worker: threading.Thread | None = None
 
-    def answer(utterance) -> None:
+    def answer(turn: Turn) -> None:
         try:
-            result = pipeline.ask_audio(utterance.audio, speaker, trim=False)
+            result = pipeline.ask_turn(turn, speaker, sequential=sequential)
             if on_turn:
                 on_turn(result)
         except Exception:   # one bad turn must not take the kiosk down
@@ -58,7 +63,7 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
                 return
             speaking = busy.is_set() or speaker.playing
             if barge_in:
-                if speaking and speaker.playing and vad.speaking:
+                if speaking and speaker.playing and turns.speaking:
                     log.info("kiosk: barge-in, playback stopped")
                     speaker.stop()
                 yield chunk
@@ -71,24 +76,27 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
                 if now < deaf_until:
                     continue
                 deaf_until = 0.0
-                vad.reset()             # forget whatever it heard of the kiosk's own voice
+                turns.reset()           # forget whatever it heard of the kiosk's own voice
                 getattr(mic, "flush", lambda: None)()
             yield chunk
 
-    vad.reset()
+    turns.reset()
     try:
-        for utterance in vad.utterances(chunks()):
-            if stop.is_set():           # the half-heard utterance of a shutdown is not a question
+        for turn in turns.turns(chunks()):
+            if stop.is_set():           # the half-heard turn of a shutdown is not a question
                 break
             if worker is not None and worker.is_alive():
                 speaker.stop()          # barge-in: the new question replaces the pending answer
                 worker.join()
-            log.info("kiosk: utterance %.1f s%s", utterance.duration_s,
-                     " (cut at vad.max_utterance_s)" if utterance.cut else "")
+            log.info("kiosk: turn of %.1f s, ended after %.2f s of silence%s",
+                     turn.end_s - turn.start_s, turn.wait_s,
+                     " (cut at vad.max_utterance_s)" if turn.cut else "")
+            if on_heard:
+                on_heard(turn)
             speaker.resume()
             busy_since = time.monotonic()
             busy.set()
-            worker = threading.Thread(target=answer, args=(utterance,), name="turn", daemon=True)
+            worker = threading.Thread(target=answer, args=(turn,), name="turn", daemon=True)
             worker.start()
     finally:
         if worker is not None and worker.is_alive():
@@ -107,6 +115,8 @@ def format_turn(r: TurnResult) -> str:
         lines.append(f"guard: fallback ({r.guard})")
     if r.sources:
         lines.append(f"sources: {', '.join(r.sources)}")
+    if t.voice_to_voice_s is not None:
+        lines.append(f"voice to voice {fmt(t.voice_to_voice_s)} (end of turn {fmt(t.end_of_turn_s)})")
     lines.append(f"timings: asr {fmt(t.asr_s)}  first token {fmt(t.first_token_s)}  first sentence "
                  f"{fmt(t.first_sentence_s)}  first audio {fmt(t.first_audio_s)}  total "
                  f"{fmt(t.total_s)}  rss {r.rss_mb:.0f} MB")

@@ -123,6 +123,7 @@ class LLM:
                 lora_path=str(self.adapter_path) if self.adapter_path else None,
                 n_ctx=cfg.n_ctx,
                 n_threads=cfg.n_threads or os.cpu_count(),
+                n_threads_batch=cfg.n_threads_batch or cfg.n_threads or os.cpu_count(),
                 n_gpu_layers=cfg.n_gpu_layers,
                 seed=cfg.seed,
                 logits_all=logits_all,

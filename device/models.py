@@ -105,6 +105,13 @@ def _smollm2() -> list[Entry]:
                   [folder / "SmolLM2-135M-Instruct.Q4_1.gguf"])]
 
 
+def _smart_turn() -> list[Entry]:
+    # pipecat-ai installed --no-deps (scripts/bootstrap.sh): only its end-of-turn ONNX is used.
+    data = _package_dir("pipecat", "pipecat-ai") / "audio" / "turn" / "smart_turn" / "data"
+    return [Entry("smart-turn-v3.2-cpu.onnx", _dist_version("pipecat-ai"),
+                  [data / "smart-turn-v3.2-cpu.onnx"])]
+
+
 def _campus_lora() -> list[Entry]:
     path = PACKAGED_ADAPTER
     if not path.is_file():
@@ -118,6 +125,7 @@ SOURCES: list[tuple[str, Callable[[], list[Entry]], bool]] = [
     ("whisper-tiny.en", _whisper_tiny_en, True),
     ("piper voice en_US-joe-medium", _piper_voice, True),
     ("silero VAD", _silero_vad, True),
+    ("Smart Turn v3.2 (end of turn)", _smart_turn, True),
     ("Gemma-3 270M GGUF", _gemma, True),
     ("SmolLM2-135M-Instruct GGUF", _smollm2, False),
     ("campus LoRA adapter", _campus_lora, False),

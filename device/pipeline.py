@@ -27,11 +27,12 @@ from campus_guide.knowledge import Retriever, load_kb
 
 from .asr import Transcriber, kb_hotwords
 from .audio import SAMPLE_RATE, FileSource
-from .budget import rss_mb
+from .budget import rss_mb, with_threads
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
 from .tts import Synthesizer
-from .vad import VAD, Utterance
+from .turns import SmartTurn, Turn, TurnTaker
+from .vad import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,16 @@ class Collector:
 
 @dataclass
 class Timings:
-    """Seconds from the end of speech (the moment the question was complete)."""
-    asr_s: float | None = None
+    """Seconds from the end of the turn (when the kiosk decided the visitor had finished), and
+    the end-of-turn wait before it: voice-to-voice = end_of_turn_s + first_audio_s, from the
+    visitor's last sound to the kiosk's first (live turns only)."""
+    end_of_turn_s: float | None = None
+    asr_s: float | None = None       # ASR still to wait for (about 0 when speculation had it ready)
     first_token_s: float | None = None
     first_sentence_s: float | None = None
     first_audio_s: float | None = None
     total_s: float | None = None
+    voice_to_voice_s: float | None = None
 
 
 @dataclass
@@ -132,12 +137,15 @@ class Pipeline:
     """All models loaded once here; the kiosk is ready when the constructor returns."""
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg = with_threads(cfg)
         models = Path(cfg.models_dir)
         t = time.perf_counter()
         self.kb = load_kb(cfg.kb)
-        self.vad = VAD(models / VAD_MODEL, cfg.vad)
         self.asr = Transcriber(cfg, kb_hotwords(self.kb) if cfg.asr.hotwords else [])
+        smart = cfg.turn.smart_turn if cfg.turn.mode == "smart" else None
+        self.turns = TurnTaker(cfg, models / VAD_MODEL, self.asr.transcribe,
+                               SmartTurn(models / smart) if smart else None)
+        self.vad = self.turns.vad
         self.llm = LLM(cfg.llm, models)
         self.tts = Synthesizer(cfg)
         retriever = Retriever(self.kb, here=cfg.dialogue.kiosk_location)
@@ -183,16 +191,25 @@ class Pipeline:
         asr_s = time.perf_counter() - t0
         return self._turn(tr.text, tr.language, t0, sink, sequential, asr_s, tr.confidence)
 
+    def ask_turn(self, turn: Turn, sink: Sink | None = None, *, sequential: bool = False) -> TurnResult:
+        """One live turn from the TurnTaker, with its speculative transcript when it has one."""
+        t0 = time.perf_counter()
+        tr = turn.transcript or self.asr.transcribe(turn.audio)
+        result = self._turn(tr.text, tr.language, t0, sink, sequential, time.perf_counter() - t0,
+                            tr.confidence, end_of_turn_s=turn.wait_s)
+        return result
+
     def ask_text(self, text: str, sink: Sink | None = None, *, sequential: bool = False,
                  lang: str | None = None) -> TurnResult:
         """One typed question (no ASR)."""
         return self._turn(text, lang, time.perf_counter(), sink, sequential, None, None)
 
-    def _turn(self, text, lang, t0, sink, sequential, asr_s, confidence) -> TurnResult:
+    def _turn(self, text, lang, t0, sink, sequential, asr_s, confidence,
+              end_of_turn_s: float | None = None) -> TurnResult:
         sink = sink if sink is not None else Collector()
         reply = self.dialogue.ask(text, lang)
         d: DialogueResult = reply.result
-        timings = Timings(asr_s=asr_s)
+        timings = Timings(end_of_turn_s=end_of_turn_s, asr_s=asr_s)
         marks: dict[str, float] = {}
 
         def mark(name: str, items: Iterable) -> Iterator:
@@ -215,6 +232,8 @@ class Pipeline:
         timings.first_sentence_s = since(marks.get("sentence"))
         timings.first_audio_s = since(marks.get("audio"))
         timings.total_s = end - t0
+        if end_of_turn_s is not None and timings.first_audio_s is not None:
+            timings.voice_to_voice_s = end_of_turn_s + timings.first_audio_s
         stats = d.llm
         result = TurnResult(
             transcript=text.strip(), language=d.lang, answer=d.answer, sources=d.sources,
@@ -230,15 +249,26 @@ class Pipeline:
 
     def _stream(self, sentences: Iterator[str], lang: str, sink: Sink, mark) -> None:
         cancel = threading.Event()
+        first_audio = threading.Event()
         texts: queue.Queue = queue.Queue()
         audio: queue.Queue = queue.Queue()
+
+        def first_sentence_first() -> Iterator[str]:
+            """The model waits while the first sentence is synthesised: on a CPU-only box the two
+            would share the cores and the visitor would hear nothing sooner. It decodes the rest
+            while the first sentence plays, which takes longer than synthesising the next."""
+            for n, s in enumerate(sentences):
+                yield s
+                while n == 0 and not first_audio.wait(0.05) and not cancel.is_set():
+                    pass
 
         def synthesize() -> Iterator[np.ndarray]:
             for s in _drain(texts):
                 yield from self.tts.synthesize(s, lang)
+                first_audio.set()
 
-        threads = [threading.Thread(target=_produce, args=(sentences, texts, cancel), daemon=True,
-                                    name="answer"),
+        threads = [threading.Thread(target=_produce, args=(first_sentence_first(), texts, cancel),
+                                    daemon=True, name="answer"),
                    threading.Thread(target=_produce, args=(synthesize(), audio, cancel),
                                     daemon=True, name="tts")]
         for t in threads:
@@ -273,5 +303,6 @@ class Pipeline:
         self.dialogue.reset()
 
     def close(self) -> None:
+        self.turns.close()
         self.llm.close()
         self._turns.close()

@@ -49,13 +49,24 @@ class Synthesizer:
                 self.voices[lang] = self._load(resolve_model(name, models_dir), lang)
         self.sample_rate = next((v.config.sample_rate for v in self.voices.values()), DEFAULT_RATE)
 
-    @staticmethod
-    def _load(path: Path, lang: str):
-        from piper import PiperVoice
+    def _load(self, path: Path, lang: str):
+        import json
+
+        import onnxruntime as ort
+        from piper import PiperConfig, PiperVoice
 
         require(path, f"piper voice for '{lang}'", f"tts.voices.{lang}")
-        require(Path(f"{path}.json"), f"piper voice config for '{lang}'", f"tts.voices.{lang}")
-        return PiperVoice.load(path)
+        config = require(Path(f"{path}.json"), f"piper voice config for '{lang}'", f"tts.voices.{lang}")
+        # PiperVoice.load would give onnxruntime every core; the thread budget decides here.
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.cfg.threads
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
+            raise TTSError(f"{path}: cannot load the piper voice for '{lang}' ({e}); run "
+                           f"`campus-guide models fetch --force`, or fix tts.voices.{lang}") from None
+        return PiperVoice(session=session,
+                          config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))))
 
     def synthesize(self, text: str, lang: str = "en") -> Iterator[np.ndarray]:
         """Stream speech for `text`; piper yields sentence by sentence, espeak all at once."""

