@@ -2,7 +2,7 @@
 sound of the answer, against the ancestor's way.
 
 1. Replay (voice-to-voice): spoken questions - the two bundled ones, questions with a pause
-   inside (after "Excuse me." / "저기요.", in the middle of a sentence) and a route question -
+   inside (after "Excuse me." / "Hi.", in the middle of a sentence) and a route question -
    played at 1x speed through a simulated microphone into the real kiosk loop (`listen`), with a
    simulated speaker that stamps the first sample out (device/replay.py). Once with the kiosk's
    turn-taking (device/turns.py: speculative ASR in the pause, streamed answers), once as the
@@ -47,10 +47,13 @@ LANGUAGES = (None, "ko")
 # (name, language, parts); a number between parts is a pause in seconds.
 ROUTES = (("route_en", "en", ["How do I get to the gym from here?"]),
           ("route_ko", "ko", ["정문에서 체육관까지 어떻게 가요?"]))
+# Only English: espeak-ng's Korean is unintelligible to Whisper ("저기요." comes back as "Talk to
+# you.", "도서관 어디예요?" as "the Sakura no Di-Eyo."), so a paused Korean question spoken by it
+# would test nothing. Korean end-of-turn decisions are measured on real speech (`bench turns`).
 PAUSED = (("opener_en", "en", ["Excuse me.", 0.7, "Where is the library?"]),
           ("midsentence_en", "en", ["How do I get to", 0.6, "the student union?"]),
-          ("opener_ko", "ko", ["저기요.", 0.7, "도서관 어디예요?"]),
-          ("midsentence_ko", "ko", ["학생회관에 가려면", 0.6, "어떻게 가요?"]))
+          ("need_en", "en", ["I'm looking for", 0.6, "a place to print."]),
+          ("greeting_en", "en", ["Hi.", 0.8, "Where can I get a coffee?"]))
 STAGES = ("asr_s", "first_token_s", "first_sentence_s", "first_audio_s", "total_s")
 
 

@@ -1,4 +1,4 @@
-"""`campus-guide models fetch | ask | demo | bench [asr | visitors]`: the device's commands for people.
+"""`campus-guide models fetch | ask | demo | bench [asr | visitors | turns]`: the device's commands for people.
 
 Heavy imports (llama.cpp, whisper, piper) happen inside the handlers, so `--help` is instant.
 """
@@ -95,6 +95,16 @@ def _bench_visitors(args) -> int:
     return 0
 
 
+def _bench_turns(args) -> int:
+    from .bench_turns import format_report, run_turn_bench
+
+    report = run_turn_bench(load_config(args.config), args.corpus, args.turns_out, limit=args.limit)
+    print(format_report(report))
+    if args.turns_out:
+        print(f"wrote {args.turns_out}")
+    return 0
+
+
 def register(sub) -> None:
     models = sub.add_parser("models", help="the embedded models (assembled offline)")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -130,7 +140,7 @@ def register(sub) -> None:
     bench.add_argument("--out", help="JSON results (a PNG plot is written beside)")
     bench.add_argument("--runs", type=int, default=3, help="runs per question and mode")
     bench.set_defaults(func=functools.partial(_bench, parser=bench))
-    bsub = bench.add_subparsers(dest="bench_command", metavar="{asr,visitors}")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="{asr,visitors,turns}")
     asr = bsub.add_parser("asr", help="CER/WER, language ID and s/clip on a folder of WAVs",
                           description="The kiosk's own Whisper (asr.* settings) on DIR/*.wav "
                                       "listed in DIR/transcripts.tsv (columns path, text).")
@@ -148,3 +158,14 @@ def register(sub) -> None:
     vis.add_argument("--out", dest="visitors_out", metavar="F.json", help="write the report as JSON")
     vis.add_argument("--seed", type=int, default=0, help="seed of the generated sets")
     vis.set_defaults(func=_bench_visitors, log_level=logging.WARNING)
+    turns = bsub.add_parser("turns", help="end-of-turn verdicts on whole and cut-off questions",
+                            description="device/turns.py's end-of-turn decision (Smart Turn, "
+                                        "sentence endings, both) per language on whole questions "
+                                        "and the same clips cut at 60 % of their speech: piper "
+                                        "English and espeak-ng Korean questions, and DIR's clips.")
+    turns.add_argument("--corpus", metavar="DIR",
+                       help="also these recordings: WAV files + transcripts.tsv, as for bench asr")
+    turns.add_argument("--limit", type=int, metavar="N", help="at most N clips from each source")
+    turns.add_argument("--out", dest="turns_out", metavar="F.json",
+                       help="write the report (settings, rates, per-clip rows) as JSON")
+    turns.set_defaults(func=_bench_turns, log_level=logging.WARNING)

@@ -21,6 +21,8 @@ from device.turns import SmartTurn, TurnTaker, decide, ending
     ("I'm looking for a place to print and", "open"), ("so, um...", "open"),
     ("How do I get to?", "open"), ("Do you know where the library is?", "final"),
     ("Where is the library is", "open"), ("Where is the library.", None), ("중앙도서관", None),
+    ("Where are you from?", "final"), ("Which building is the engineering department in?", "final"),
+    ("저기 바다", None), ("끝나고 나", None), ("거기 가면 돼", "final"),
 ])
 def test_sentence_endings(text, want):
     assert ending(text) == want
@@ -36,7 +38,11 @@ def test_the_verdict_uses_words_before_the_model():
     assert decide("Where is the library.", 0.9).verdict == "complete"
     assert decide("Where is the library.", 0.1).verdict == "incomplete"
     assert decide("", 0.9).verdict == "empty"
-    assert decide("thanks!", 0.9).verdict == "complete"               # thanks is not an opener
+    assert decide("thanks!", 0.01).verdict == "complete"              # thanks is not an opener
+    assert decide("Okay, bye.", 0.01).verdict == "complete"
+    assert decide("When does the library?", 0.02).verdict == "incomplete"   # Whisper's "?" on a fragment
+    assert decide("When does the library close?", 0.9).verdict == "complete"
+    assert decide("도서관은?", 0.01).verdict == "complete"            # Smart Turn is weak on Korean
 
 
 def _say(pipeline, text: str) -> np.ndarray:
