@@ -2,11 +2,12 @@
 
 DIR holds WAV files and `transcripts.tsv`: tab-separated, the first two columns `path` (relative
 to DIR) and `text` (what was said); a header line `path<TAB>text...` is optional and further
-columns are ignored. Each clip goes whole through `device.asr.Transcriber` with the config's
-`asr.*` settings (or `--lang` / `--beam`), exactly as the kiosk would hear one utterance, and is
-scored with `campus_guide.scoring`: character error rate for Korean references, word error rate
-for English ones (the expected language is the reference's script, `prompt.language_of`), plus
-language-ID accuracy and the seconds Whisper took per clip.
+columns are ignored (the reader, campus_guide/corpus.py, is shared with `train asr`). Each clip
+goes whole through `device.asr.Transcriber` with the config's `asr.*` settings (or `--lang` /
+`--beam`), exactly as the kiosk would hear one utterance, and is scored with
+`campus_guide.scoring`: character error rate for Korean references, word error rate for English
+ones (the expected language is the reference's script, `prompt.language_of`), plus language-ID
+accuracy and the seconds Whisper took per clip.
 """
 from __future__ import annotations
 
@@ -14,67 +15,17 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from campus_guide.config import Config
+from campus_guide.corpus import TRANSCRIPTS, Clip, CorpusError, load_corpus  # noqa: F401 (re-exported)
 from campus_guide.errors import UserError
 from campus_guide.prompt import language_of
 from campus_guide.scoring import char_score, corpus_rate, word_score
 
 log = logging.getLogger(__name__)
-
-TRANSCRIPTS = "transcripts.tsv"
-
-
-class CorpusError(UserError):
-    """The corpus folder, its transcripts.tsv or a clip it names is missing or malformed."""
-
-
-@dataclass(frozen=True)
-class Clip:
-    path: Path          # absolute
-    name: str           # as written in transcripts.tsv
-    text: str
-    line: int
-
-
-def load_corpus(folder: str | os.PathLike) -> list[Clip]:
-    """The clips `folder/transcripts.tsv` lists, every one checked to exist before any decoding."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise CorpusError(f"{root}: corpus folder not found (pass --corpus DIR with WAV files "
-                          f"and {TRANSCRIPTS})")
-    tsv = root / TRANSCRIPTS
-    if not tsv.is_file():
-        raise CorpusError(f"{tsv}: not found; the corpus needs a tab-separated {TRANSCRIPTS} "
-                          f"with columns path, text")
-    try:
-        lines = tsv.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{tsv}: not UTF-8 text ({e})") from None
-    clips: list[Clip] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if n == 1 and [c.strip().lower() for c in cols[:2]] == ["path", "text"]:
-            continue                                   # the header
-        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
-            raise CorpusError(f"{tsv}:{n}: expected 'path<TAB>text', got {line[:80]!r}")
-        name = cols[0].strip()
-        clips.append(Clip(root / name, name, cols[1].strip(), n))
-    if not clips:
-        raise CorpusError(f"{tsv}: no clips listed (one 'path<TAB>text' line per WAV file)")
-    missing = [c for c in clips if not c.path.is_file()]
-    if missing:
-        c = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CorpusError(f"{tsv}:{c.line}: audio file {c.name!r} not found in {root}{more}")
-    return clips
-
 
 def _settings(cfg: Config, corpus: Path, n: int) -> dict:
     a = cfg.asr

@@ -11,7 +11,7 @@ from training.steps import DEFAULT_TRAIN_CONFIG
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="dataset / fit / eval / merge / default (the campus-tuned model)")
+    p = sub.add_parser("train", help="dataset / fit / eval / merge / default (the campus-tuned model) / asr (Whisper)")
     t = p.add_subparsers(dest="train_command", required=True, metavar="STEP")
 
     d = t.add_parser("dataset", help="knowledge base -> grounded QA examples (JSONL + card)")
@@ -55,6 +55,14 @@ def register(sub) -> None:
     c.add_argument("--every", type=int, default=50, help="checkpoint and evaluate every N steps (default 50)")
     c.add_argument("--target", type=float, default=0.95, help="fact accuracy to reach (default 0.95)")
     c.set_defaults(func=cmd_compare)
+
+    a = t.add_parser("asr", help="fine-tune Whisper (LoRA / full) on a corpus + campus names; CER before/after; "
+                                 "merged -> CTranslate2 -> checked in faster-whisper")
+    a.add_argument("--config", dest="train_config", required=True, metavar="YAML",
+                   help="ASR training config (example: training/configs/asr-whisper.yaml)")
+    a.add_argument("--max-steps", type=int, help="override max_steps")
+    a.add_argument("--out", help="override out")
+    a.set_defaults(func=cmd_asr)
 
     g = t.add_parser("default", help=f"rebuild campus_guide/data/{PACKAGED_ADAPTER.name}: dataset, LoRA on "
                                      "Gemma-3 270M, GGUF adapter, eval tuned vs base")
@@ -110,6 +118,29 @@ def cmd_fit(args) -> int:
     print(f"best eval loss {r.best_eval_loss:.4f} at step {r.best_step} (from {r.first_eval_loss:.4f}), "
           f"{r.steps} steps in {r.seconds / 60:.1f} min{' (early stop)' if r.stopped_early else ''}")
     print(f"best checkpoint: {r.best_dir}\nloss log: {r.log_file}\nloss plot: {r.plot_file}")
+    return 0
+
+
+def cmd_asr(args) -> int:
+    from training.asr import REPORT, train_asr
+    from training.asr_config import load_asr_config
+
+    out = str(Path(args.out).resolve()) if args.out else None   # from here, not from the YAML's folder
+    cfg = load_asr_config(args.train_config, max_steps=args.max_steps, out=out)
+    r = train_asr(cfg, _cfg(args))
+    rep, fmt = r.report, lambda v: "-" if v is None else f"{v:.3f}"   # noqa: E731
+    print(f"{rep['clips']['train']} training / {rep['clips']['val']} validation clips "
+          f"({rep['clips']['val_sentences']} held-out sentences); best step {r.best_step} of {r.steps}"
+          f"{' (early stop)' if r.stopped_early else ''}")
+    print(f"{'':32s}{'CER':>8s}{'WER':>8s}")
+    for name, key in (("before", "before"), ("after (merged, HF)", "after"),
+                      (f"after ({cfg.quantization}, faster-whisper)", "ct2")):
+        print(f"{name:32s}{fmt(rep[key]['cer']):>8s}{fmt(rep[key]['wer']):>8s}")
+    print(f"CTranslate2 model for the kiosk (asr.model): {r.ct2_dir}\nreport: {r.out_dir / REPORT}")
+    if not rep["ct2_within_tolerance"]:
+        print(f"conversion changed CER by {rep['ct2_cer_delta']:+.4f} (tolerance {cfg.ct2_tolerance}): "
+              "do not ship this conversion", file=sys.stderr)
+        return 1
     return 0
 
 

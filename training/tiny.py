@@ -1,4 +1,5 @@
-"""Tiny random Gemma / Gemma-2 / Gemma-3 models with a locally trained tokenizer.
+"""Tiny random Gemma / Gemma-2 / Gemma-3 models with a locally trained tokenizer (and a tiny random
+Whisper on the real Whisper vocabulary, `make_tiny_whisper`, for the `train asr` tests).
 
 No model hub is reachable, yet training, merge, export and llama.cpp have to be tested on the real
 architectures. A model of a few million parameters built from a config, with a SentencePiece
@@ -13,6 +14,7 @@ Layout kept from the real tokenizer: <pad> 0, <eos> 1, <bos> 2, <unk> 3, fillers
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -131,4 +133,42 @@ def make_tiny_model(
     tok.save_pretrained(out)                      # tokenizer.json for fast loading ...
     write_tokenizer_files(out, sp_file.read_bytes())  # ... then restore what save_pretrained drops
     write_generation_config(out, tok)
+    return out
+
+
+def make_tiny_whisper(out_dir: str | Path, tokenizer_json: str | Path, d_model: int = 64, layers: int = 2,
+                      heads: int = 2, mels: int = 80, seed: int = 0) -> Path:
+    """A random Whisper (`layers` encoder + `layers` decoder layers of width `d_model`) on the
+    real multilingual Whisper vocabulary, read from a `tokenizer.json` (the packaged CTranslate2
+    whisper-base has one), saved with tokenizer, feature extractor and a generation config that
+    carries Whisper's suppress lists and language ids, as a real checkpoint does. ~1 s."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizerFast)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = WhisperTokenizerFast(tokenizer_file=str(tokenizer_json))
+    ids = lambda t: tok.convert_tokens_to_ids(t)    # noqa: E731
+    sot, eot, translate = ids("<|startoftranscript|>"), ids("<|endoftext|>"), ids("<|translate|>")
+    ct2 = Path(tokenizer_json).with_name("config.json")   # a CTranslate2 folder's suppress lists
+    lists = json.loads(ct2.read_text()) if ct2.is_file() else {}
+    suppress, begin = lists.get("suppress_ids", []), lists.get("suppress_ids_begin", [220, eot])
+    cfg = WhisperConfig(vocab_size=len(tok), num_mel_bins=mels, d_model=d_model,
+                        encoder_layers=layers, decoder_layers=layers,
+                        encoder_attention_heads=heads, decoder_attention_heads=heads,
+                        encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+                        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
+                        suppress_tokens=suppress, begin_suppress_tokens=begin)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(cfg)
+    lang_to_id = {tok.convert_ids_to_tokens(i): i for i in range(sot + 1, translate)}
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        suppress_tokens=suppress, begin_suppress_tokens=begin, lang_to_id=lang_to_id,
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": translate},
+        no_timestamps_token_id=ids("<|notimestamps|>"), is_multilingual=True, max_length=448)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=mels).save_pretrained(out)
     return out
