@@ -88,3 +88,24 @@ def pipeline(models_dir, tmp_path_factory):
     p = Pipeline(c)
     yield p
     p.close()
+
+
+@pytest.fixture(scope="session")
+def say(pipeline):
+    """English speech from the kiosk's piper voice at 16 kHz, the same samples on every run:
+    piper samples its prosody at random unless its noise scales are 0, and tests want the same
+    question each time (transcripts still differ between CPUs: assert what they mean)."""
+    from piper import SynthesisConfig
+
+    from device.audio import resample
+
+    voice, cache = pipeline.tts.voices["en"], {}
+    exact = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+
+    def speak(text: str) -> np.ndarray:
+        if text not in cache:
+            chunks = list(voice.synthesize(text, exact))
+            audio = np.concatenate([c.audio_float_array for c in chunks])
+            cache[text] = resample(audio, chunks[0].sample_rate, 16000)
+        return cache[text]
+    return speak

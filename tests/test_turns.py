@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from campus_guide.config import Config
-from device.audio import chunked, resample
+from device.audio import chunked
 from device.turns import SmartTurn, TurnTaker, decide, ending
 
 
@@ -45,19 +45,8 @@ def test_the_verdict_uses_words_before_the_model():
     assert decide("도서관은?", 0.01).verdict == "complete"            # Smart Turn is weak on Korean
 
 
-def _say(pipeline, text: str) -> np.ndarray:
-    audio = np.concatenate(list(pipeline.tts.synthesize(text, "en")))
-    return resample(audio, pipeline.tts.sample_rate, 16000)
-
-
 def _gap(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * 16000), np.float32)
-
-
-@pytest.fixture(scope="module")
-def say(pipeline):
-    cache: dict[str, np.ndarray] = {}
-    return lambda text: cache.setdefault(text, _say(pipeline, text))
 
 
 @pytest.fixture
@@ -89,14 +78,16 @@ def test_smart_turn_hears_finished_questions_and_fragments(models_dir, say):
 
 
 @pytest.mark.parametrize("pause_s", [0.5, 1.0])
-def test_an_opener_then_a_question_is_one_turn(taker, say, pause_s):
+def test_an_opener_then_a_question_is_one_turn(pipeline, taker, say, pause_s):
     audio = np.concatenate([_gap(0.3), say("Excuse me."), _gap(pause_s), say("Where is the library?"),
                             _gap(3.0)])
     turns = _turns(taker, audio)
     assert len(turns) == 1
     text = turns[0].transcript.text.lower()
     assert "excuse me" in text and "library" in text
-    assert turns[0].decision.verdict == "complete"
+    if pause_s == 1.0:                  # the question's answer, not the opener's reply
+        pipeline.reset()
+        assert "library" in pipeline.ask_turn(turns[0]).sources
 
 
 def test_an_unfinished_sentence_waits_for_the_rest(taker, say):
@@ -193,3 +184,22 @@ def test_turn_config_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="turn.pause_s"):
         load_config(p)
     assert Config().turn.mode == "smart"
+
+
+def test_a_paused_question_in_real_time_through_the_kiosk_loop(pipeline, say):
+    """1x speed through the real loop (device/replay.py): one turn, ended after the visitor had
+    finished, answered once, and the voice-to-voice time measured."""
+    from device.kiosk import listen
+    from device.replay import SimMic, SimSpeaker
+
+    question = np.concatenate([say("Excuse me."), _gap(0.7), say("Where is the library?")])
+    speaker = SimSpeaker(pipeline.tts.sample_rate)
+    mic = SimMic([("paused", question)], speaker, patience_s=20.0)
+    answered = []
+    pipeline.reset()
+    listen(pipeline, mic, speaker, on_turn=answered.append, on_heard=mic.heard)
+    [played] = mic.played
+    assert len(played.heard) == 1 and not played.miscut
+    assert len(answered) == 1 and "library" in answered[0].sources
+    assert played.v2v_s is not None and played.v2v_s > 0
+    assert answered[0].timings.voice_to_voice_s is not None
