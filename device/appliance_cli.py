@@ -1,7 +1,8 @@
-"""`campus-guide run | status | budget`: the appliance's commands (systemd runs `run`)."""
+"""`campus-guide run | status | budget | soak`: the appliance's commands (systemd runs `run`)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import subprocess
@@ -48,7 +49,9 @@ def _status(args) -> int:
                          indent=2, ensure_ascii=False))
         return 0 if ready else 3
     starting = unit == "activating" or (unit is None and alive and status.get("state") == "starting")
-    label = "READY" if ready else "STARTING (loading models)" if starting else "UP, not ready" if up else "DOWN"
+    waiting = up and status.get("state") == "waiting"
+    label = ("READY" if ready else "STARTING (loading models)" if starting
+             else "WAITING for a microphone" if waiting else "UP, not ready" if up else "DOWN")
     print(f"kiosk:      {label}" + (f" (systemd: {unit})" if unit else ""))
     if status is None:
         print(f"status:     no {Path(cfg.runtime.state_dir) / 'status.json'} yet: the kiosk has not "
@@ -59,6 +62,8 @@ def _status(args) -> int:
     last = status.get("last_turn") or {}
     error = status.get("last_error")
     print(f"state:      {status['state']} since {status['since']} (pid {status['pid']})")
+    if status.get("waiting_for"):
+        print(f"waiting:    {status['waiting_for']}")
     print(f"model:      {model.get('resolved') or model.get('path')}")
     print(f"sha256:     {model.get('sha256') or 'not recorded'}")
     if manifest:
@@ -128,6 +133,22 @@ def _measure(cfg, wav: Path) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _soak(args) -> int:
+    from .soak import FAULTS, format_report, run_soak
+
+    faults: bool | list[str] = args.faults
+    if args.only:
+        unknown = sorted(set(args.only) - set(FAULTS))
+        if unknown:
+            raise UserError(f"--fault {', '.join(unknown)}: unknown; choose from {', '.join(FAULTS)}")
+        faults = args.only
+    report = run_soak(load_config(args.config), args.turns, args.out, faults=faults, seed=args.seed,
+                      speed=args.speed, hung_turn_s=args.hung_turn, watchdog_s=args.watchdog)
+    print(format_report(report))
+    print(f"wrote {args.out}")
+    return 0 if report["ok"] else 1
+
+
 def register(sub) -> None:
     run = sub.add_parser("run", help="the kiosk under systemd (Type=notify, watchdog, status file)",
                          description="Checks the memory budget, loads every model, tells systemd "
@@ -151,3 +172,27 @@ def register(sub) -> None:
                       help="also load the real pipeline, answer WAV (default: the bundled "
                            "question) and compare the plan with the measured peak RSS")
     budget.set_defaults(func=_budget)
+
+    soak = sub.add_parser("soak", help="many visitors and injected faults through the real kiosk; "
+                                       "JSON report",
+                          description="The real kiosk (run's service loop, `listen`, the real "
+                                      "models) fed by a simulated microphone: a seeded, shuffled "
+                                      "mix of spoken questions, silence, noise, coughs, a 60-s "
+                                      "monologue, clipped, quiet, 8 kHz and stereo audio. With "
+                                      "--faults every fault kind is injected at least once. Exit "
+                                      "1 when a question was lost, a fault not recovered from or "
+                                      "the watchdog missed outside an injected hang.")
+    soak.add_argument("--turns", type=int, default=200, metavar="N", help="clips to play (default 200)")
+    soak.add_argument("--faults", action="store_true", help="inject every fault kind at random turns")
+    soak.add_argument("--fault", dest="only", action="append", metavar="KIND",
+                      help="inject only this fault kind (repeatable)")
+    soak.add_argument("--seed", type=int, default=0, help="seed of the mix and the fault turns")
+    soak.add_argument("--out", required=True, metavar="F.json", help="write the report here")
+    soak.add_argument("--speed", type=float, default=0.0, metavar="X",
+                      help="microphone and speaker at X times real time (default 0: as fast as the "
+                           "kiosk loop takes audio; the half-duplex deafness scales too)")
+    soak.add_argument("--hung-turn", type=float, default=30.0, metavar="S",
+                      help="the kiosk's hung-turn limit during the soak (HUNG_TURN_S, 120 s on duty)")
+    soak.add_argument("--watchdog", type=float, default=5.0, metavar="S",
+                      help="a gap in watchdog feeds longer than this counts as missed")
+    soak.set_defaults(func=_soak, log_level=logging.WARNING)

@@ -163,11 +163,38 @@ class Microphone:
     audio. `flush()` drops what was heard while the kiosk was speaking (half-duplex).
     """
 
+    OVERFLOW_LOG_S = 600.0      # an input overflow is logged once, then at most this often
+
+    @staticmethod
+    def find(cfg: AudioConfig | None = None) -> str | None:
+        """None when the configured microphone is there, else why not (what the kiosk shows
+        while it waits for one). PortAudio lists the devices once, when it starts, so it is
+        restarted first to see a microphone plugged in since: call this only while no stream is
+        open."""
+        cfg = cfg or AudioConfig()
+        try:
+            sd = _sounddevice()
+            terminate, initialize = getattr(sd, "_terminate", None), getattr(sd, "_initialize", None)
+            if terminate is not None and initialize is not None:
+                try:
+                    terminate()
+                except sd.PortAudioError:   # not initialised (an earlier restart failed)
+                    pass
+                initialize()
+            _device(sd, cfg.input_device, "input")
+        except AudioError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - PortAudio failing to start: say why, look again later
+            return f"the sound system did not start ({type(e).__name__}: {e})"
+        return None
+
     def __init__(self, cfg: AudioConfig | None = None, chunk: int = CHUNK):
         cfg = cfg or AudioConfig()
         sd = _sounddevice()
         device = _device(sd, cfg.input_device, "input")
         self.sample_rate, self.chunk = SAMPLE_RATE, chunk
+        self.overflows = 0
+        self._overflow_logged = -self.OVERFLOW_LOG_S
         # a live stream keeps the filter's history between blocks (a microphone at 48 kHz)
         self._resampler = _stream_resampler(cfg.sample_rate, SAMPLE_RATE)
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
@@ -178,7 +205,17 @@ class Microphone:
 
     def _callback(self, indata, frames, time_info, status) -> None:
         if status:
-            log.debug("microphone: %s", status)
+            if getattr(status, "input_overflow", False):
+                self.overflows += 1
+                now = time.monotonic()
+                if now - self._overflow_logged >= self.OVERFLOW_LOG_S:
+                    self._overflow_logged = now
+                    log.warning("microphone: input overflow (%d so far): the sound card dropped "
+                                "audio because this process did not take it in time; if it "
+                                "repeats, check the CPU load (`top`: another job beside the kiosk?)",
+                                self.overflows)
+            else:
+                log.debug("microphone: %s", status)
         self._queue.put(indata[:, 0].copy())
 
     def flush(self) -> None:

@@ -49,15 +49,23 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
             result = pipeline.ask_turn(turn, speaker, sequential=sequential)
             if on_turn:
                 on_turn(result)
-        except Exception:   # one bad turn must not take the kiosk down
-            log.exception("kiosk: turn failed")
+        except Exception as e:   # one bad turn must not take the kiosk down
+            log.exception("kiosk: turn failed, the visitor got no answer; %s", _advice(e))
         finally:
             busy.clear()
 
     def chunks() -> Iterator:
         deaf_until = 0.0
+        hung_since = None       # the turn (its busy_since) already reported as hung
         for chunk in mic:
-            if on_tick and not (busy.is_set() and time.monotonic() - busy_since > HUNG_TURN_S):
+            hung = busy.is_set() and time.monotonic() - busy_since > HUNG_TURN_S
+            if hung and hung_since != busy_since:
+                hung_since = busy_since
+                log.error("kiosk: a turn has run for over %.0f s (HUNG_TURN_S): the watchdog is no "
+                          "longer fed, so systemd restarts the kiosk; if it happens again, check "
+                          "the speaker (unplugged?) and the LLM / GPU (`journalctl -u "
+                          "campus-guide`, `tegrastats`)", HUNG_TURN_S)
+            if on_tick and not hung:
                 on_tick()
             if stop.is_set():
                 return
@@ -102,6 +110,17 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
         if worker is not None and worker.is_alive():
             speaker.stop()
             worker.join()
+
+
+def _advice(e: BaseException) -> str:
+    """What to do about a turn that raised, for the log line (the traceback follows it)."""
+    if isinstance(e, AudioError):
+        return ("check the speaker and audio.output_device (`python -m sounddevice` lists the "
+                "devices); the kiosk goes on listening")
+    if isinstance(e, OSError):
+        return "check free disk space and runtime.state_dir; the kiosk goes on listening"
+    return ("the kiosk goes on listening; if every turn fails, restart it (`sudo systemctl "
+            "restart campus-guide`) and report the traceback below")
 
 
 def format_turn(r: TurnResult) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from campus_guide.bundle import MANIFEST_FILE, read_manifest
 from campus_guide.errors import UserError
 from campus_guide.config import Config
+from device.audio import AudioError
 from device.budget import peak_rss_mb, rss_mb
 from device.models import MANIFEST as MODELS_MANIFEST
 from device.models import read_manifest as read_models_manifest
@@ -30,6 +31,7 @@ from device.models import read_manifest as read_models_manifest
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+MIC_POLL_S = 2.0        # how often a kiosk without a microphone looks for one again
 
 
 class Notifier:
@@ -117,7 +119,7 @@ def model_info(cfg: Config) -> dict[str, Any]:
 class Status:
     """The content of status.json (its shape is what `campus-guide status` reads)."""
 
-    state: str = "starting"         # starting | ready | stopped | failed
+    state: str = "starting"         # starting | waiting (no microphone yet) | ready | stopped | failed
     since: str = field(default_factory=_now)
     pid: int = field(default_factory=os.getpid)
     config: str | None = None
@@ -127,6 +129,7 @@ class Status:
     rss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     last_error: dict[str, str] | None = None
+    waiting_for: str | None = None  # state "waiting": what is missing and how to fix it
     updated: str = field(default_factory=_now)
 
 
@@ -140,6 +143,7 @@ class StatusWriter:
         self.path = Path(state_dir) / STATUS_FILE
         self.status = status
         self._lock = threading.Lock()
+        self._failing = False       # the last write failed (said once in the log, not per turn)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -155,9 +159,26 @@ class StatusWriter:
             self.status.peak_rss_mb = round(max(peak_rss_mb(), self.status.rss_mb), 1)
             self.status.updated = _now()
             tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(asdict(self.status), indent=2, ensure_ascii=False) + "\n",
-                           encoding="utf-8")
-            os.replace(tmp, self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(asdict(self.status), indent=2, ensure_ascii=False) + "\n",
+                               encoding="utf-8")
+                os.replace(tmp, self.path)
+            except OSError as e:
+                # A full disk or a read-only state folder must cost no answer; say it once.
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                if not self._failing:
+                    self._failing = True
+                    log.warning("status: cannot write %s: %s (check runtime.state_dir and free disk "
+                                "space, `df -h %s`); answering goes on, `campus-guide status` shows "
+                                "stale figures until it can write again", self.path, e, self.path.parent)
+                return
+            if self._failing:
+                self._failing = False
+                log.info("status: %s is written again", self.path)
 
     def turn(self, result: Any) -> None:
         """Record a TurnResult: when, what kind of answer, how long each stage took (never what
@@ -201,9 +222,18 @@ def read_status(state_dir: str | os.PathLike) -> dict[str, Any] | None:
         raise UserError(f"{path}: not valid JSON ({e}); delete it, the kiosk rewrites it") from None
 
 
+class MicrophoneMissing(AudioError):
+    """No microphone (yet): the kiosk waits for one instead of exiting."""
+
+
 def _open_audio(cfg: Config, pipeline: Any) -> tuple[Any, Any]:
+    """(Microphone, Speaker); MicrophoneMissing while no microphone is plugged in. A speaker
+    that is missing, or a device that refuses to open, stays an error (a restart)."""
     from device.audio import Microphone, Speaker
 
+    missing = Microphone.find(cfg.audio)
+    if missing:
+        raise MicrophoneMissing(missing)
     return Microphone(cfg.audio), Speaker(cfg.audio, sample_rate=pipeline.tts.sample_rate)
 
 
@@ -214,6 +244,7 @@ class Seams:
     pipeline: Callable[[Config], Any] | None = None              # device.pipeline.Pipeline
     audio: Callable[[Config, Any], tuple[Any, Any]] = _open_audio  # (Microphone, Speaker)
     listen: Callable[..., Any] | None = None                     # device.kiosk.listen
+    notifier: Callable[[], Notifier] = Notifier                  # sd_notify ($NOTIFY_SOCKET)
 
     def resolved(self) -> "Seams":
         if self.pipeline is None:
@@ -229,15 +260,48 @@ class ServiceError(RuntimeError):
     """The kiosk cannot (or can no longer) serve; systemd restarts it (Restart=on-failure)."""
 
 
-def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event | None = None) -> int:
+def _wait_for_audio(cfg: Config, pipeline: Any, seams: Seams, notifier: Notifier,
+                    writer: StatusWriter, stop: threading.Event, poll_s: float):
+    """seams.audio(); while it says there is no microphone: READY=1 (the models are loaded, the
+    kiosk is up) with STATUS=waiting for a microphone, state "waiting" in status.json, the
+    watchdog fed, and another look every `poll_s`. Returns ((mic, speaker), waited), or
+    (None, waited) when stopped while waiting."""
+    waited, since = False, time.monotonic()
+    while not stop.is_set():
+        try:
+            audio = seams.audio(cfg, pipeline)
+        except MicrophoneMissing as e:
+            if not waited:
+                waited = True
+                log.warning("waiting for a microphone, looking again every %g s: %s", poll_s, e)
+                writer.update(state="waiting", waiting_for=str(e))
+                notifier.ready("waiting for a microphone")
+            deadline = time.monotonic() + poll_s
+            step = min(0.5, notifier.watchdog_interval or 0.5)
+            while not stop.is_set():
+                notifier.watchdog()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                stop.wait(min(step, left))
+            continue
+        if waited:
+            log.info("microphone found after %.0f s of waiting", time.monotonic() - since)
+        return audio, waited
+    return None, waited
+
+
+def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event | None = None,
+                mic_poll_s: float = MIC_POLL_S) -> int:
     """The kiosk under systemd: budget check, load every model, READY=1, then listen until
-    SIGTERM. The watchdog is fed from the audio loop's tick, so a hung loop gets restarted.
-    Whatever stops it ends up in status.json for `campus-guide status`."""
+    SIGTERM. With no microphone plugged in it waits for one (polling every `mic_poll_s`, the
+    watchdog fed, `status` saying so). The watchdog is fed from the audio loop's tick, so a hung
+    loop gets restarted. Whatever stops it ends up in status.json for `campus-guide status`."""
     from device.budget import plan_for_config
 
     seams = (seams or Seams()).resolved()
     stop = stop or threading.Event()
-    notifier = Notifier()
+    notifier = seams.notifier()
     writer = StatusWriter(cfg.runtime.state_dir, Status(config=cfg.source, model=model_info(cfg)))
     errors = _ErrorsToStatus(writer)
     logging.getLogger().addHandler(errors)
@@ -260,15 +324,18 @@ def run_service(cfg: Config, seams: Seams | None = None, stop: threading.Event |
             log.info("loading models (plan %.2f of a %.2f GiB budget)", plan.total_gb, plan.budget_gb)
             pipeline = seams.pipeline(cfg)
             resources.callback(getattr(pipeline, "close", lambda: None))
-            mic, speaker = seams.audio(cfg, pipeline)
-            for part in (mic, speaker):
-                resources.callback(getattr(part, "close", lambda: None))
-            writer.update(state="ready")
-            notifier.ready("listening; 0 turns served")
-            log.info("ready: listening")
-            seams.listen(pipeline, mic, speaker, on_turn=on_turn, on_tick=notifier.watchdog, stop=stop)
-            if not stop.is_set():
-                raise ServiceError("the microphone stopped delivering audio (unplugged?)")
+            audio, waited = _wait_for_audio(cfg, pipeline, seams, notifier, writer, stop, mic_poll_s)
+            if audio is not None:
+                mic, speaker = audio
+                for part in (mic, speaker):
+                    resources.callback(getattr(part, "close", lambda: None))
+                writer.update(state="ready", waiting_for=None)
+                (notifier.status if waited else notifier.ready)("listening; 0 turns served")
+                log.info("ready: listening")
+                seams.listen(pipeline, mic, speaker, on_turn=on_turn, on_tick=notifier.watchdog, stop=stop)
+                if not stop.is_set():
+                    raise ServiceError("the microphone stopped delivering audio (unplugged?); "
+                                       "systemd restarts the kiosk, which then waits for it")
         writer.update(state="stopped")
         log.info("stopped after %d turns", writer.status.turns)
         return 0
