@@ -34,7 +34,6 @@ from .budget import peak_rss_mb
 from .kiosk import listen
 from .pipeline import VAD_MODEL, Collector, Pipeline
 from .replay import SimMic, SimSpeaker
-from .splitter import split_sentences
 from .turns import TurnTaker
 
 log = logging.getLogger(__name__)
@@ -45,8 +44,8 @@ QUESTIONS = (PACKAGE_DATA / "question_en.wav", PACKAGE_DATA / "question_ko.wav")
 LANGUAGES = (None, "ko")
 # Route questions (answers of three or more sentences), and spoken questions with a pause inside:
 # (name, language, parts); a number between parts is a pause in seconds.
-ROUTES = (("route_en", "en", ["How do I get to the gym from here?"]),
-          ("route_ko", "ko", ["정문에서 체육관까지 어떻게 가요?"]))
+ROUTES = (("route_engineering_en", "en", ["How do I walk to the engineering building from here?"]),
+          ("route_pool_en", "en", ["How do I get to the swimming pool from here?"]))
 # Only English: espeak-ng's Korean is unintelligible to Whisper ("저기요." comes back as "Talk to
 # you.", "도서관 어디예요?" as "the Sakura no Di-Eyo."), so a paused Korean question spoken by it
 # would test nothing. Korean end-of-turn decisions are measured on real speech (`bench turns`).
@@ -112,7 +111,7 @@ def _ttfa(p: Pipeline, questions: list[tuple[str, np.ndarray, str | None]], runs
             if not r.answer:
                 raise UserError(f"{name} got no answer (transcript {r.transcript!r}); check the "
                                 f"models with `campus-guide ask`")
-            sentences = len(list(split_sentences([r.answer], p.cfg.dialogue.max_sentence_chars)))
+            sentences = len(list(p.dialogue.split([r.answer])))     # as the kiosk speaks it
             turns[mode].append({"question": name, "sentences": sentences, **r.to_dict()})
     return turns
 
@@ -268,7 +267,9 @@ def plot(report: dict, path: Path) -> Path:
                      fontsize=7)
     vx.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     vx.set_ylabel("seconds, last sound of question -> first sound of answer")
-    vx.set_title(f"voice to voice: {report['v2v_s']} s vs baseline {report['v2v_baseline_s']} s")
+    vx.set_title(f"voice to voice (median, questions both heard whole): {report['v2v_s'] or 0:.2f} s "
+                 f"vs baseline {report['v2v_baseline_s'] or 0:.2f} s; miscut {report['v2v_miscut']} vs "
+                 f"{report['v2v_baseline_miscut']} of {report['v2v_questions']}", fontsize=9)
     vx.legend(fontsize=8)
     xs = range(len(STAGES))
     for k, (mode, color) in enumerate((("streamed", "tab:blue"), ("sequential", "tab:orange"))):
