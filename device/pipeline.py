@@ -152,6 +152,7 @@ class Pipeline:
         self.dialogue = Dialogue(cfg, self.kb, retriever, self.llm)
         self.state_dir = Path(cfg.runtime.state_dir)
         self._turns = _TurnLog(self.state_dir / TURN_LOG, cfg.runtime)
+        self._log_failing = False
         log.info("pipeline: ready in %.1f s, %.0f MB resident", time.perf_counter() - t, rss_mb())
 
     def utterance(self, audio: np.ndarray):
@@ -291,9 +292,14 @@ class Pipeline:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._turns.emit(logging.makeLogRecord({"msg": json.dumps(d, ensure_ascii=False)}))
+            if self._log_failing:
+                self._log_failing = False
+                log.warning("pipeline: %s is written again", self.state_dir / TURN_LOG)
         except OSError as e:
-            log.warning("pipeline: cannot write %s: %s (check runtime.state_dir and free disk "
-                        "space; answering goes on)", self.state_dir / TURN_LOG, e)
+            if not self._log_failing:      # once per outage, not once per turn
+                self._log_failing = True
+                log.warning("pipeline: cannot write %s: %s (check runtime.state_dir and free disk "
+                            "space; answering goes on)", self.state_dir / TURN_LOG, e)
         log.info("turn: %s", json.dumps({k: d[k] for k in ("kind", "language", "guard", "timings")}))
         return result
 

@@ -262,6 +262,12 @@ def test_an_unwritable_state_folder_costs_no_answer(pipeline, tmp_path, monkeypa
     monkeypatch.setattr(pipeline, "_turns", _TurnLog(blocked / TURN_LOG, pipeline.cfg.runtime))
     r = pipeline.ask_text("Where is the gym?")
     assert r.answer and "cannot write" in caplog.text and "runtime.state_dir" in caplog.text
+    assert pipeline.ask_text("Where is the library?").answer
+    assert caplog.text.count("cannot write") == 1            # once per outage, not per turn
+    monkeypatch.setattr(pipeline, "state_dir", tmp_path / "state")
+    monkeypatch.setattr(pipeline, "_turns", _TurnLog(tmp_path / "state" / TURN_LOG, pipeline.cfg.runtime))
+    pipeline.ask_text("Where is the gym?")
+    assert "written again" in caplog.text and (tmp_path / "state" / TURN_LOG).is_file()
 
 
 def test_the_loaded_kiosk_listens_on_no_network_port(pipeline):
