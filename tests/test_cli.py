@@ -29,8 +29,9 @@ def test_ask_bundled_question_json_and_wav(reuse, tmp_path, capsys):
     assert main(["ask", "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"transcript", "language", "answer", "sources", "timings"} <= set(result)
-    assert set(result["timings"]) == {"asr_s", "first_token_s", "first_sentence_s",
-                                      "first_audio_s", "total_s"}
+    assert set(result["timings"]) == {"end_of_turn_s", "asr_s", "first_token_s", "first_sentence_s",
+                                      "first_audio_s", "total_s", "voice_to_voice_s"}
+    assert result["timings"]["end_of_turn_s"] is None      # a file has no live end of turn
     assert "library" in result["transcript"].lower() and result["sources"] == ["library"]
     assert "10" in result["answer"] and result["timings"]["first_audio_s"] > 0
     audio, rate = sf.read(out)

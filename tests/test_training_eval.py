@@ -80,8 +80,13 @@ def test_shipped_adapter_provenance():
     rec = json.loads(record.read_text())
     assert rec["command"].startswith("campus-guide train default") and rec["seed"] == 0
     assert len(rec["config_hash"]) == 16 and rec["adapter_bytes"] == gguf.stat().st_size
-    tuned, base = (rec["heldout"][k]["overall"] for k in sorted(rec["heldout"], key=lambda k: "LoRA" not in k))
+    held = rec["heldout"]
+    tuned = next(v["overall"] for k, v in held.items() if k.endswith("+ campus LoRA"))
+    base = next(v["overall"] for k, v in held.items() if k.endswith("(untuned)"))
     assert tuned["fact"] > base["fact"] and tuned["stop"] > base["stop"]
+    previous = [v["overall"] for k, v in held.items() if "previous" in k]
+    assert all(tuned["fact"] >= p["fact"] for p in previous)   # a retrain never ships worse
+    assert all("by_type" in v for v in held.values())
 
 
 @pytest.mark.models
