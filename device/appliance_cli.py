@@ -110,10 +110,10 @@ def _measure(cfg, wav: Path) -> float:
     speaking the longest sentence the kiosk may say (dialogue.max_sentence_chars): piper's
     arena grows with it and the plan budgets for it, while a tuned model's answers are short.
     On the Jetson, CUDA allocations are not in RSS: compare the CPU-only parts there."""
-    import resource
     import tempfile
 
     from .audio import read_wav
+    from .budget import peak_rss_mb
     from .pipeline import Pipeline
 
     if not wav.is_file():
@@ -130,7 +130,7 @@ def _measure(cfg, wav: Path) -> float:
                 pass
         finally:
             pipeline.close()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def _soak(args) -> int:

@@ -82,6 +82,16 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM). Not ru_maxrss: Linux carries the
+    parent's peak across fork + exec into it, so a kiosk started by a large process (a test run,
+    a benchmark) would report its parent's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
