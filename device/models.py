@@ -232,3 +232,17 @@ def require(path: str | Path, what: str, key: str | None = None) -> Path:
     if key:
         fix += f", or check config key '{key}'"
     raise ModelError(f"{what} not found: {p} ({fix})")
+
+
+def onnx_session(path: str | Path, fix: str, threads: int = 1, error: type[Exception] = ModelError):
+    """An onnxruntime CPU session on `path`; a file it cannot load raises `error` naming the
+    file and `fix` (onnxruntime raises its own untyped errors). threads 0 = onnxruntime's."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - re-raised as an error a person can act on
+        raise error(f"{path}: {fix} ({e})") from None

@@ -21,7 +21,7 @@ import numpy as np
 from campus_guide.errors import UserError
 from campus_guide.config import Config, TTSConfig, resolve_model
 from device.audio import resample
-from device.models import require
+from device.models import onnx_session, require
 from device.normalize import normalize_for_speech
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,14 @@ class Synthesizer:
     def _load(self, path: Path, lang: str):
         import json
 
-        import onnxruntime as ort
         from piper import PiperConfig, PiperVoice
 
         require(path, f"piper voice for '{lang}'", f"tts.voices.{lang}")
         config = require(Path(f"{path}.json"), f"piper voice config for '{lang}'", f"tts.voices.{lang}")
         # PiperVoice.load would give onnxruntime every core; the thread budget decides here.
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.cfg.threads
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
-            raise TTSError(f"{path}: cannot load the piper voice for '{lang}' ({e}); run "
-                           f"`campus-guide models fetch --force`, or fix tts.voices.{lang}") from None
+        session = onnx_session(path, f"cannot load the piper voice for '{lang}'; run `campus-guide "
+                                     f"models fetch --force`, or fix tts.voices.{lang}",
+                               self.cfg.threads, TTSError)
         return PiperVoice(session=session,
                           config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))))
 

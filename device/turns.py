@@ -36,7 +36,7 @@ from campus_guide.intents import split_social
 from campus_guide.korean import has_hangul, split_syllable
 
 from .asr import Transcript
-from .models import ModelError, require
+from .models import onnx_session, require
 from .vad import VAD, Utterance
 
 log = logging.getLogger(__name__)
@@ -147,18 +147,10 @@ class SmartTurn:
     """Smart Turn v3.2 on onnxruntime: audio so far -> P(the speaker has finished)."""
 
     def __init__(self, path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
         path = require(path, "end-of-turn model (Smart Turn v3.2 ONNX)", "turn.smart_turn")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
-            raise ModelError(f"{path}: cannot load the end-of-turn model ({e}); rebuild it with "
-                             f"`campus-guide models fetch --force`, or set turn.smart_turn: null") from None
+        self.session = onnx_session(path, "cannot load the end-of-turn model; rebuild it with "
+                                          "`campus-guide models fetch --force`, or set "
+                                          "turn.smart_turn: null", threads)
 
     def __call__(self, audio: np.ndarray) -> float:
         out = self.session.run(None, {"input_features": log_mel(audio)[None]})

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from campus_guide.config import VADConfig
-from device.models import ModelError, require
+from device.models import ModelError, onnx_session, require
 
 SAMPLE_RATE = 16000
 WINDOW = 512
@@ -44,17 +44,9 @@ class _Silero:
     """The ONNX model and its recurrent state."""
 
     def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1   # tiny model: threads only cost
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors on a bad file
-            raise ModelError(f"{path}: cannot load the VAD model ({e}); rebuild it with "
-                             f"`campus-guide models fetch --force`") from None
+        # a tiny model: threads only cost
+        self.session = onnx_session(path, "cannot load the VAD model; rebuild it with "
+                                          "`campus-guide models fetch --force`")
         names = {i.name for i in self.session.get_inputs()}
         if {"input", "h", "c"} <= names:
             self.layout = "hc"

@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from campus_guide.config import ConfigError, _build
+from training.config import LoraOptions, read_yaml
 
 METHODS = ("lora", "full")
 LANGUAGES = ("ko", "en", "auto")     # auto: each clip's language from its transcript's script
@@ -20,10 +20,7 @@ QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16
 
 
 @dataclass
-class WhisperLora:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+class WhisperLora(LoraOptions):
     # Whisper's attention projections (encoder self, decoder self and cross attention);
     # fc1 / fc2 are its feed-forward layers.
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
@@ -140,15 +137,8 @@ def _pop_list(data: dict, section: str | None, key: str):
 def load_asr_config(path: str | Path, **overrides) -> AsrConfig:
     """Read and validate a Whisper training YAML; relative paths are taken from its folder."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: ASR training config not found (example: training/configs/asr-whisper.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of training options")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = read_yaml(p, "ASR training config not found (example: training/configs/asr-whisper.yaml)",
+                     overrides)
     lists = {("", "corpus"): _pop_list(data, None, "corpus"),
              ("lora", "target_modules"): _pop_list(data, "lora", "target_modules"),
              ("synth", "languages"): _pop_list(data, "synth", "languages")}

@@ -75,11 +75,10 @@ _CHECKS = {
 }
 
 
-def load_train_config(path: str | Path, **overrides) -> TrainConfig:
-    """Read and validate a training YAML; relative paths are taken from the file's folder."""
-    p = Path(path)
+def read_yaml(p: Path, missing: str, overrides: dict) -> dict:
+    """A training YAML as a mapping, with the command line's non-None overrides on top."""
     if not p.is_file():
-        raise ConfigError(f"{p}: training config not found (examples: training/configs/*.yaml)")
+        raise ConfigError(f"{p}: {missing}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -87,6 +86,13 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of training options")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    return data
+
+
+def load_train_config(path: str | Path, **overrides) -> TrainConfig:
+    """Read and validate a training YAML; relative paths are taken from the file's folder."""
+    p = Path(path)
+    data = read_yaml(p, "training config not found (examples: training/configs/*.yaml)", overrides)
     # campus_guide.config's validator knows scalars and mappings; the one list is checked here.
     modules = (data.get("lora") or {}).pop("target_modules", None) if isinstance(data.get("lora"), dict) else None
     cfg = _build(TrainConfig, data, "", str(p))
