@@ -51,7 +51,8 @@ class TurnConfig:
 
 @dataclass
 class ASRConfig:
-    model: str = "whisper-base"     # a name under models_dir, or a path to a CTranslate2 folder
+    model: str = "whisper-base"     # a name under models_dir, or a path to a CTranslate2 folder;
+                                    # a flashed bundle that carries a Whisper (asr/) replaces it
     language: str = "auto"          # auto | ko | en
     compute_type: str = "int8"
     device: str = "cpu"
@@ -135,6 +136,13 @@ class Config:
 
     def models_path(self, name: str | None) -> Path | None:
         return None if name is None else resolve_model(name, self.models_dir)
+
+    def asr_path(self) -> Path:
+        """The Whisper folder the kiosk runs: the LLM bundle's own when it carries one (a
+        flashed campus Whisper), else `asr.model`."""
+        from .bundle import bundle_asr
+
+        return bundle_asr(self.models_path(self.llm.model)) or self.models_path(self.asr.model)
 
 
 def cache_dir() -> Path:

@@ -66,6 +66,10 @@ def _status(args) -> int:
         print(f"waiting:    {status['waiting_for']}")
     print(f"model:      {model.get('resolved') or model.get('path')}")
     print(f"sha256:     {model.get('sha256') or 'not recorded'}")
+    if model.get("asr"):
+        asr = model["asr"]
+        print(f"asr:        {asr['path']}" + (f" (the bundle's own, sha256 {asr['sha256'][:12]}...)"
+                                              if asr.get("from_bundle") else ""))
     if manifest:
         print("manifest:   " + ", ".join(f"{k}={v}" for k, v in manifest.items()
                                           if isinstance(v, (str, int, float)))[:300])

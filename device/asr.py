@@ -22,10 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
+from campus_guide.bundle import ASR_DIR, MANIFEST_FILE, BundleError, verify_bundle
 from campus_guide.config import Config, ConfigError
 from campus_guide.korean import has_hangul
 from campus_guide.prompt import LANGUAGES
-from device.models import require
+from device.models import ModelError, require
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,17 @@ class Transcriber:
         WhisperModel = _one_encode_model()
 
         a = cfg.asr
-        path = cfg.models_path(a.model)
+        path = cfg.asr_path()
+        if path.parent.joinpath(MANIFEST_FILE).is_file() and path.name == ASR_DIR:
+            try:                            # the bundle's Whisper, checked like its LLM
+                verify_bundle(path.parent, part="asr")
+            except BundleError as e:
+                raise ModelError(f"the Whisper model in bundle {path.parent} does not match its "
+                                 f"{MANIFEST_FILE}: {e}") from None
+            log.info("asr: the bundle's own Whisper %s (instead of asr.model %s)", path, a.model)
         require(Path(path) / "model.bin", f"Whisper model '{a.model}' (CTranslate2 folder)", "asr.model")
+        self.path = path
+        self.name = f"{path.parent.name}/{ASR_DIR}" if path.name == ASR_DIR else path.name   # for reports
         device, compute_type = a.device, a.compute_type
         if device == "cuda" and _cuda_devices() == 0:
             log.warning("asr.device is cuda but CTranslate2 sees no CUDA device (a CPU-only build, or "
@@ -127,7 +137,7 @@ class Transcriber:
         self.language = a.language
         if not self.model.model.is_multilingual:
             if a.language == "ko":
-                raise ConfigError(f"asr.model '{a.model}' understands English only but asr.language "
+                raise ConfigError(f"Whisper model {path} understands English only but asr.language "
                                   f"is 'ko'; use asr.model: whisper-base")
             self.language = "en"
         self._names = self._choose(hotwords if a.hotwords else ())

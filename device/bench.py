@@ -196,7 +196,7 @@ def _report(cfg, p, out: Path, runs, v2v, one, route, floors, raw) -> dict:
     tok_raw = _median(raw)
     report = {
         "runs": runs, "questions": [q.name for q in QUESTIONS],
-        "models": {"asr": cfg.asr.model, "llm": str(p.llm.model_path.name),
+        "models": {"asr": p.asr.name, "llm": str(p.llm.model_path.name),
                    "lora": p.llm.adapter_path.name if p.llm.adapter_path else None,
                    "tts": cfg.tts.voices, "smart_turn": cfg.turn.smart_turn},
         "turn": {"mode": cfg.turn.mode, "pause_s": cfg.turn.pause_s,

@@ -241,7 +241,7 @@ def run_turn_bench(cfg: Config, corpus: str | os.PathLike | None = None,
     report = {
         "settings": {"corpus": None if corpus is None else str(corpus), "limit": limit,
                      "cut_fraction": CUT, "cut_tail_s": CUT_TAIL_S, "threshold": threshold,
-                     "smart_turn": str(p.cfg.turn.smart_turn), "asr_model": a.model,
+                     "smart_turn": str(p.cfg.turn.smart_turn), "asr_model": p.asr.name,
                      "asr_language": a.language, "beam_size": a.beam_size,
                      "compute_type": a.compute_type, "device": p.asr.device,
                      "machine": platform.machine(), "cpus": os.cpu_count(),

@@ -239,7 +239,7 @@ def plan_for_config(cfg: Config) -> Plan:
     llm_bytes = _size(llm_path, "LLM model", "llm.model")
     adapter = resolve_adapter(cfg.llm.lora, cfg.models_dir)
     adapter_bytes = _size(adapter, "LoRA adapter", "llm.lora") if adapter else 0
-    whisper = cfg.models_path(cfg.asr.model) / "model.bin"
+    whisper = cfg.asr_path() / "model.bin"
     voices = {lang: _size(cfg.models_path(name), f"piper voice for '{lang}'", f"tts.voices.{lang}")
               for lang, name in cfg.tts.voices.items() if name}
     return plan(

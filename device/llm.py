@@ -159,7 +159,7 @@ class LLM:
         if not (folder / MANIFEST_FILE).is_file():
             return
         try:
-            verify_bundle(folder)
+            verify_bundle(folder, part="llm")
         except BundleError as e:
             raise LLMError(
                 f"model bundle {folder} does not match its {MANIFEST_FILE}: {e}. "

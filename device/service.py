@@ -112,6 +112,12 @@ def model_info(cfg: Config) -> dict[str, Any]:
             info["sha256"] = files.get(os.path.relpath(real, Path(cfg.models_dir).resolve()), {}).get("sha256")
     except (OSError, UserError) as e:
         info["manifest_error"] = str(e)
+        return info
+    asr = cfg.asr_path()
+    own = info.get("manifest", {}).get("asr")
+    info["asr"] = {"path": str(asr), "from_bundle": own is not None,
+                   "sha256": next((f["sha256"] for f in own["files"] if f["path"].endswith("/model.bin")), None)
+                   if own else None}
     return info
 
 

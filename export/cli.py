@@ -44,7 +44,8 @@ def _bundle(args) -> int:
     from .bundle import make_bundle
 
     m = make_bundle(args.gguf, args.out, eval_report=args.eval_report, train_config=args.train_config,
-                    base_model=args.base_model, n_ctx=args.n_ctx or load_config(args.config).llm.n_ctx)
+                    base_model=args.base_model, n_ctx=args.n_ctx or load_config(args.config).llm.n_ctx,
+                    asr=args.asr, asr_report=args.asr_report)
     print(json.dumps(asdict(m), indent=2, ensure_ascii=False))
     print(f"bundle {m.name} in {args.out}; next: campus-guide flash {args.out} --host user@board")
     return 0
@@ -56,7 +57,7 @@ def _flash(args) -> int:
     opts = FlashOptions(root=args.root, venv=args.venv, config=args.board_config, port=args.port,
                         identity=args.identity, ssh_options=args.ssh_option or [], keep=args.keep,
                         health_timeout_s=args.health_timeout)
-    for name in ("question", "budget_cmd", "smoke_cmd", "stop_cmd", "restart_cmd", "health_cmd"):
+    for name in ("question", "budget_cmd", "smoke_cmd", "asr_smoke_cmd", "stop_cmd", "restart_cmd", "health_cmd"):
         if getattr(args, name):
             setattr(opts, name, getattr(args, name))
     if args.rollback:
@@ -101,13 +102,16 @@ def register(sub) -> None:
                    help="llama.cpp threads (1 keeps timings stable on a shared machine)")
     q.set_defaults(func=_quantize)
 
-    b = esub.add_parser("bundle", help="model.gguf + manifest.json for the board")
+    b = esub.add_parser("bundle", help="model.gguf (+ a Whisper in asr/) + manifest.json for the board")
     b.add_argument("gguf", metavar="GGUF")
     b.add_argument("--out", required=True, help="new bundle folder")
     b.add_argument("--eval-report", help="quant_report.json from `export quantize`")
     b.add_argument("--train-config", help="training YAML (its sha256 goes into the manifest)")
     b.add_argument("--base-model", help="base model name (default: the GGUF's general.name)")
     b.add_argument("--n-ctx", type=int, help="context for the memory estimate (default llm.n_ctx)")
+    b.add_argument("--asr", metavar="CT2_DIR", help="a CTranslate2 Whisper to ship with the LLM (the ct2/ "
+                   "folder of `train asr`); the board then transcribes with it instead of asr.model")
+    b.add_argument("--asr-report", metavar="REPORT", help="asr_report.json of that `train asr` run (CER figures)")
     b.set_defaults(func=_bundle)
 
     d = FlashOptions()
@@ -125,6 +129,7 @@ def register(sub) -> None:
     f.add_argument("--question", help=f"smoke-test question (default {d.question!r})")
     f.add_argument("--budget-cmd", help=f"default: {d.budget_cmd}")
     f.add_argument("--smoke-cmd", help=f"default: {d.smoke_cmd}")
+    f.add_argument("--asr-smoke-cmd", help=f"for a bundle with its own Whisper; default: {d.asr_smoke_cmd}")
     f.add_argument("--stop-cmd", help=f"run before the budget check and smoke test; default: {d.stop_cmd}")
     f.add_argument("--restart-cmd", help=f"default: {d.restart_cmd}")
     f.add_argument("--health-cmd", help=f"default: {d.health_cmd}")

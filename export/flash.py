@@ -2,12 +2,13 @@
 
 Board layout (ROOT = /var/lib/campus-guide):
     ROOT/staging/<bundle>/      uploads land here (resumable: a broken transfer continues)
-    ROOT/bundles/<bundle>/      {model.gguf, manifest.json}; the last N are kept
+    ROOT/bundles/<bundle>/      {model.gguf, manifest.json[, asr/]}; the last N are kept
     ROOT/current -> bundles/<bundle>   what the kiosk loads (llm.model: ROOT/current/model.gguf)
     ROOT/history                activated bundles, oldest first (what --rollback goes back along)
 
 Per host: upload to staging -> sha256 on the board -> the board's own memory budget check and a
-smoke test (load the staged model with the board's device package and answer one question) ->
+smoke test (load the staged model with the board's device package and answer one question; a
+spoken one when the bundle carries its own Whisper, so both models are tried) ->
 atomic switch of `current` (ln -s + mv -T) -> restart the kiosk -> wait for its health check.
 Any failure leaves or puts the board back on its previous model. Only the system `ssh` client is
 used (no scp/rsync needed on either side), so whatever ~/.ssh/config says applies.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from export import ExportError
-from campus_guide.bundle import MANIFEST_FILE, Manifest, verify_bundle
+from campus_guide.bundle import MANIFEST_FILE, BundleFile, Manifest, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class FlashOptions:
     question: str = "Where is the library?"
     budget_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} budget"
     smoke_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} ask --text {question} --json"
+    # A bundle with its own Whisper: the board's bundled spoken question, through that Whisper.
+    asr_smoke_cmd: str = "{venv}/bin/campus-guide --config {smoke_config} ask --json"
     # The kiosk is stopped for the budget check and the smoke test: on an 8 GB board the running
     # kiosk and a second copy of the pipeline do not fit together (two 2B models: ~6.5 GiB).
     stop_cmd: str = "sudo systemctl stop campus-guide"
@@ -112,9 +115,9 @@ def _tail(text: str, lines: int = 6) -> str:
 
 @dataclass
 class Probe:
-    current: str            # bundle name `current` points at ("" = none)
-    final_sha256: str       # of bundles/<name>/model.gguf, if already there
-    staged_size: int        # bytes of staging/<name>/model.gguf from an earlier attempt
+    current: str                    # bundle name `current` points at ("" = none)
+    final_sha256: dict[str, str]    # of bundles/<name>/<file>, for the files already there
+    staged_size: dict[str, int]     # bytes of staging/<name>/<file> from an earlier attempt
     history: list[str]
     bundles: list[str]
 
@@ -170,20 +173,28 @@ class Board:
         # value that contains "{root}" is never expanded again.
         return re.sub(r"\{(\w+)\}", lambda m: shlex.quote(str(v[m[1]])) if m[1] in v else m[0], template)
 
-    def probe(self, name: str = "", model_file: str = "") -> Probe:
+    def probe(self, name: str = "", files: list[str] = ()) -> Probe:
         """The board's state in one round trip (each SSH command costs a shell start)."""
         q = shlex.quote
-        final, staged = f"{self.bundles}/{name}/{model_file}", f"{self.staging}/{name}/{model_file}"
+        final = " ".join(q(f"{self.bundles}/{name}/{f}") for f in files)
+        staged = " ".join(q(f"{self.staging}/{name}/{f}") for f in files)
         cmd = (f"mkdir -p {q(self.bundles)} {q(self.staging)} || exit 3; readlink {q(self.root + '/current')}; "
-               f"echo --; " + (f"sha256sum {q(final)} 2>/dev/null | cut -d' ' -f1; echo --; "
-                               f"stat -c %s {q(staged)} 2>/dev/null; " if name else "echo --; ") +
+               f"echo --; " + (f"sha256sum {final} 2>/dev/null; echo --; stat -c '%s %n' {staged} 2>/dev/null; "
+                               if files else "echo --; ") +
                f"echo --; cat {q(self.root + '/history')} 2>/dev/null; echo --; ls -1 {q(self.bundles)}")
         parts = self.run("connect", cmd).stdout.split("--\n")
         if len(parts) != 5:
             raise StepFailed("connect", f"unexpected answer from the board: {_tail('--'.join(parts), 3)}")
-        cur, sha, size, hist, present = (p.split() for p in parts)
-        return Probe(cur[0].rsplit("/", 1)[-1] if cur else "", sha[0] if sha else "",
-                     int(size[0]) if size else 0, hist, present)
+        cur, hist, present = parts[0].split(), parts[3].split(), parts[4].split()
+
+        def by_file(text: str, folder: str, sep: str | None) -> dict[str, str]:
+            rows = (line.split(sep, 1) for line in text.splitlines() if line.strip())
+            return {path.strip().removeprefix(f"{folder}/{name}/"): value for value, path in rows}
+
+        sums = by_file(parts[1], self.bundles, None)
+        sizes = by_file(parts[2], self.staging, " ")
+        return Probe(cur[0].rsplit("/", 1)[-1] if cur else "", sums,
+                     {k: int(v) for k, v in sizes.items()}, hist, present)
 
     def set_history(self, names: list[str], remove: list[str] = ()) -> None:
         """Rewrite ROOT/history (atomically) and delete the bundles in `remove`."""
@@ -239,7 +250,7 @@ class Flasher:
 
         t0 = time.monotonic()
         res = HostResult(self.board.host, ok=False, action="failed")
-        self.bar = tqdm(total=self.m.size, unit="B", unit_scale=True, position=self.position,
+        self.bar = tqdm(total=sum(f.size for f in self.m.files()), unit="B", unit_scale=True, position=self.position,
                         desc=self.board.host, leave=True)
         try:
             self._flash(res)
@@ -258,17 +269,18 @@ class Flasher:
     def _flash(self, res: HostResult) -> None:
         b, m, q = self.board, self.m, shlex.quote
         self._step("connect")
-        probe = b.probe(m.name, m.model_file)
+        files = m.files()
+        probe = b.probe(m.name, [f.path for f in files])
         res.previous = res.current = probe.current
         final, staged = f"{b.bundles}/{m.name}", f"{b.staging}/{m.name}"
-        if probe.final_sha256 == m.sha256:     # on the board already (an earlier flash): no upload
-            self.bar.update(m.size)
+        if all(probe.final_sha256.get(f.path) == f.sha256 for f in files):   # there already: no upload
+            self.bar.update(sum(f.size for f in files))
             if probe.current == m.name:
                 res.action = "already current"
                 return
             where = final
         else:
-            res.resumed_from = self._upload(staged, probe.staged_size)
+            res.resumed_from = sum(self._upload(staged, f, probe.staged_size.get(f.path, 0)) for f in files)
             where = staged
         self._verify(where)
         self._step("stop kiosk")
@@ -306,22 +318,23 @@ class Flasher:
         res.action = "flashed"
         self._step("done")
 
-    def _upload(self, staged: str, have: int) -> int:
-        """Append what the board lacks to staging/model.gguf (a broken transfer resumes where it
-        stopped). Returns the byte offset the upload resumed from."""
-        b, m = self.board, self.m
-        self._step("upload")
-        target = f"{staged}/{m.model_file}"
-        if have > m.size:
+    def _upload(self, staged: str, entry: BundleFile, have: int) -> int:
+        """Append what the board lacks of one file to staging/ (a broken transfer resumes where
+        it stopped). Returns the byte offset the upload resumed from."""
+        b, m, q = self.board, self.m, shlex.quote
+        self._step(f"upload {entry.path}" if entry.path != m.model_file else "upload")
+        target = f"{staged}/{entry.path}"
+        if have > entry.size:
             have = 0
-        trunc = "" if have else f": > {shlex.quote(target)} && "
+        trunc = "" if have else f": > {q(target)} && "
         self.bar.update(have)
-        if have < m.size:
-            proc = subprocess.Popen(b.argv(f"mkdir -p {shlex.quote(staged)} && {trunc}cat >> {shlex.quote(target)}"),
+        if have < entry.size:
+            folder = target.rsplit("/", 1)[0]
+            proc = subprocess.Popen(b.argv(f"mkdir -p {q(folder)} && {trunc}cat >> {q(target)}"),
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             sent = 0
             try:
-                with open(self.dir / m.model_file, "rb") as f:
+                with open(self.dir / entry.path, "rb") as f:
                     f.seek(have)
                     for chunk in _chunks(f):
                         proc.stdin.write(chunk)
@@ -332,25 +345,29 @@ class Flasher:
                 rc = proc.wait(timeout=self.opts.command_timeout_s)
             except (OSError, ValueError, subprocess.TimeoutExpired) as e:
                 _finish(proc)                   # keep what arrived: the next flash resumes there
-                raise StepFailed("upload", f"transfer interrupted after {have + sent} of {m.size} bytes ({e}); "
-                                           f"the board still runs its previous model; flash again to resume") from None
+                raise StepFailed("upload", f"transfer of {entry.path} interrupted after {have + sent} of "
+                                           f"{entry.size} bytes ({e}); the board still runs its previous "
+                                           f"model; flash again to resume") from None
             if rc != 0:
-                raise StepFailed("upload", f"transfer failed (ssh exit {rc}: {_tail(err, 2)}) after about "
-                                           f"{have + sent} of {m.size} bytes; flash again to resume")
+                raise StepFailed("upload", f"transfer of {entry.path} failed (ssh exit {rc}: {_tail(err, 2)}) "
+                                           f"after about {have + sent} of {entry.size} bytes; flash again to resume")
         return have
 
     def _verify(self, where: str) -> None:
-        """Put the manifest beside the model and checksum the model on the board."""
+        """Put the manifest beside the model and checksum every file on the board."""
         self._step("verify")
         q = shlex.quote
-        r = self.board.run("verify", f"cat > {q(where + '/' + MANIFEST_FILE)} && "
-                                     f"(sha256sum {q(where + '/' + self.m.model_file)} || true)",
+        files = self.m.files()
+        r = self.board.run("verify", f"cat > {q(where + '/' + MANIFEST_FILE)} && cd {q(where)} && "
+                                     f"(sha256sum {' '.join(q(f.path) for f in files)} 2>/dev/null || true)",
                            data=(self.dir / MANIFEST_FILE).read_bytes())
-        got = r.stdout.split()[0] if r.stdout.strip() else ""
-        if got != self.m.sha256:
+        got = {path: sha for sha, path in (line.split(None, 1) for line in r.stdout.splitlines() if line.strip())}
+        bad = [f for f in files if got.get(f.path) != f.sha256]
+        if bad:
             self.board.run("verify", f"rm -rf {q(where)}", check=False)
-            raise StepFailed("verify", f"sha256 on the board is {got[:12] or 'missing'}, expected "
-                                       f"{self.m.sha256[:12]} (corrupted upload, removed); flash again")
+            f = bad[0]
+            raise StepFailed("verify", f"sha256 of {f.path} on the board is {got.get(f.path, '')[:12] or 'missing'}, "
+                                       f"expected {f.sha256[:12]} (corrupted upload, removed); flash again")
 
     def _check(self, where: str) -> None:
         """The board's own budget check and one answered question, with the staged model."""
@@ -364,13 +381,17 @@ class Flasher:
         if r.returncode != 0:
             raise StepFailed("budget", f"the board's budget check refuses this model: {_tail(r.stdout + r.stderr)}")
         self._step("smoke test")
-        r = b.run("smoke test", b.fill(self.opts.smoke_cmd, **fill), check=False)
+        spoken = self.m.asr is not None       # both models: the spoken question through the bundle's Whisper
+        r = b.run("smoke test", b.fill(self.opts.asr_smoke_cmd if spoken else self.opts.smoke_cmd, **fill),
+                  check=False)
         try:
-            answer = json.loads(r.stdout.strip().splitlines()[-1]).get("answer") if r.returncode == 0 else None
-        except (ValueError, IndexError, AttributeError):
-            answer = None
+            out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+        except (ValueError, IndexError):
+            out = {}
+        answer = out.get("answer") if isinstance(out, dict) else None
         if not answer:
-            raise StepFailed("smoke test", f"the staged model did not answer {self.opts.question!r} "
+            what = "the bundled spoken question" if spoken else repr(self.opts.question)
+            raise StepFailed("smoke test", f"the staged models did not answer {what} "
                                            f"(exit {r.returncode}): {_tail(r.stderr + r.stdout)}")
 
     def _roll_back(self, previous: str, failed: str) -> str:

@@ -14,9 +14,11 @@ import pytest
 
 from campus_guide.cli import main
 from export import flash as flashmod
-from campus_guide.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Manifest
+from campus_guide.bundle import ASR_DIR, MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Manifest, sha256_file, verify_bundle
+from campus_guide.config import Config
 from export.flash import FlashOptions, flash, rollback, table
 from tests.sshd import start_sshd
+from tests.test_bundle_asr import two_model_bundle
 
 pytestmark = pytest.mark.models     # the board answers with the real embedded models
 MB = 1 << 20
@@ -238,3 +240,44 @@ def test_table_lists_each_host():
     rows = table([flashmod.HostResult("pi@a", True, "flashed", current="x"),
                   flashmod.HostResult("pi@b", False, "failed", step="verify", message="bad sum")]).splitlines()
     assert len(rows) == 3 and "bad sum" in rows[2]
+
+
+# --- a bundle with its own Whisper: both models travel, are smoke tested and roll back together
+
+def test_flash_ships_both_models_and_rolls_back_both(board, tmp_path, models_dir):
+    m, folder = two_model_bundle(TINY_GGUF, models_dir, tmp_path / "two")
+    [first] = flash(make_bundle(tmp_path / "m-a", "m-a"), [board.host], opts_for(board))
+    assert first.ok, first
+    [res] = flash(folder, [board.host], opts_for(board))
+    assert res.ok and res.action == "flashed", res
+    live = board.root / "bundles" / m.name
+    assert board.current() == m.name and verify_bundle(live) == m           # both models, intact, live
+    assert (live / ASR_DIR / "model.bin").stat().st_size == (folder / ASR_DIR / "model.bin").stat().st_size
+    cfg_text = board.config.read_text()
+    assert "whisper-tiny.en" in cfg_text                                   # the board's own asr.model ...
+    board_cfg = Config(models_dir=cfg_text.split("models_dir: ")[1].split("\n")[0])
+    board_cfg.llm.model = str(board.root / "current" / "model.gguf")
+    assert board_cfg.asr_path().resolve() == (live / ASR_DIR).resolve()    # ... replaced by the bundle's
+    [back] = rollback([board.host], opts_for(board))
+    assert back.ok and board.current() == "m-a" and board.running() == "m-a", back
+    assert board_cfg.asr_path() == board_cfg.models_path("whisper-base")   # back on asr.model
+    # The same pair again: already on the board, nothing uploaded.
+    [again] = flash(folder, [board.host], opts_for(board))
+    assert again.ok and again.action == "flashed" and board.current() == m.name, again
+
+
+def test_a_whisper_that_cannot_run_fails_the_smoke_test(board, tmp_path, models_dir):
+    """Checksums match (the manifest is rewritten for the junk), so only the spoken smoke test
+    through the bundle's Whisper can catch it: the board stays on its previous bundle."""
+    m, folder = two_model_bundle(TINY_GGUF, models_dir, tmp_path / "two")
+    [first] = flash(make_bundle(tmp_path / "m-a", "m-a"), [board.host], opts_for(board))
+    assert first.ok, first
+    (folder / ASR_DIR / "model.bin").write_bytes(b"\0" * 4096)
+    for f in m.asr.files:
+        if f.path.endswith("model.bin"):
+            f.sha256, f.size = sha256_file(folder / f.path), 4096
+    (folder / MANIFEST_FILE).write_text(json.dumps(asdict(m)))
+    [res] = flash(folder, [board.host], opts_for(board))
+    assert not res.ok and res.step == "smoke test" and "spoken question" in res.message, res
+    assert board.current() == "m-a" and board.running() == "m-a"
+    assert not (board.root / "bundles" / m.name).exists()

@@ -201,6 +201,25 @@ def test_conversion_loads_in_faster_whisper_and_is_compared(lora_run, models_dir
     assert isinstance(t.transcribe(np.zeros(16000, np.float32) + 0.02).text, str)
 
 
+def test_the_converted_whisper_bundles_with_the_llm(lora_run, tiny_gguf, models_dir, tmp_path):
+    """The chain's last step: one bundle with both models, the recipe's figures in its manifest,
+    and a kiosk config pointed at the bundle's LLM transcribes with the bundle's Whisper."""
+    from campus_guide.bundle import ASR_DIR, verify_bundle
+    from device.asr import Transcriber
+    from export.bundle import make_bundle
+    from training.asr import REPORT
+
+    m = make_bundle(tiny_gguf, tmp_path / "b", asr=lora_run.ct2_dir, asr_report=lora_run.out_dir / REPORT)
+    assert verify_bundle(tmp_path / "b") == m and [f.path for f in m.files()][0] == "model.gguf"
+    assert {f"{ASR_DIR}/model.bin", f"{ASR_DIR}/tokenizer.json"} <= {f.path for f in m.asr.files}
+    rep = lora_run.report
+    assert m.asr.quantization == "int8" and m.asr.multilingual
+    assert m.asr.eval["after"]["cer"] == rep["after"]["cer"] and m.asr.eval["ct2"]["cer"] == rep["ct2"]["cer"]
+    cfg = Config(models_dir=str(models_dir))
+    cfg.llm.model, cfg.asr.language, cfg.asr.cpu_threads = str(tmp_path / "b" / "model.gguf"), "ko", 1
+    assert Transcriber(cfg).path == tmp_path / "b" / ASR_DIR
+
+
 def test_float32_conversion_computes_what_transformers_computes(lora_run, work, tmp_path):
     """Without quantization the converted model's encoder output and its log-probabilities at
     every step of its own greedy transcript match transformers' on the same features, so the int8
