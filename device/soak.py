@@ -85,7 +85,7 @@ SURVIVABLE = ("llm_raises", "llm_hangs", "state_unwritable", "turn_log_full")  #
 EN_PLACES = ("Where is the library?", "Where is the gym?", "Where is the student union?",
              "Where can I print?", "Where is the dining hall?")
 EN_PAUSED = (("Excuse me.", 0.7, "Where is the library?"), ("How do I get to", 0.6, "the student union?"))
-EN_SOCIAL = ("Hi!", "Thank you.")
+EN_SOCIAL = ("Hello!", "Thank you.")   # a bare piper "Hi!" voices ~0.2 s: at vad.min_speech_s
 KO = (("도서관은 어디에 있나요?",), ("체육관 어디예요?",), ("저기요.", 0.7, "도서관 어디예요?"),
       ("학생회관에 가려면", 0.6, "어떻게 가요?"), ("감사합니다.",))
 MONOLOGUE = ("Good morning. My daughter starts here in the spring, and we drove up from the coast "
@@ -217,7 +217,7 @@ def build_clips(p: Pipeline, n: int, seed: int) -> list[Clip]:
     questions are answered or not as Whisper hears them ("any") unless a Korean piper voice is
     configured; the kiosk still has to take them without failing."""
     rng, nrng = random.Random(seed), np.random.default_rng(seed)
-    english_only = p.cfg.asr.model.endswith(".en") or p.cfg.asr.language == "en"
+    english_only = p.asr.language == "en"
     ko_expect = "answer" if p.tts.voices.get("ko") is not None and not english_only else "any"
     pool = [Clip(f"en: {t}", "question", _say(p, "en", [t]), "answer", llm=True) for t in EN_PLACES]
     pool += [Clip("en: " + " ... ".join(x for x in parts if isinstance(x, str)), "question",
@@ -515,7 +515,7 @@ class Soak:
 
     def idle(self) -> bool:
         return (self.in_flight == 0 and self.asr_running == 0 and not self.speaker.playing
-                and not self.pipeline.turns.speaking)
+                and not self.pipeline.turns.pending)
 
     def sample_rss(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -797,7 +797,7 @@ class Soak:
             "faults": faults,
             "duration_s": round(t1 - t0, 1),
             "settings": {"speed": self.speed, "hung_turn_s": self.hung_turn_s,
-                         "watchdog_s": self.watchdog_s, "asr": cfg.asr.model,
+                         "watchdog_s": self.watchdog_s, "asr": self.pipeline.asr.name,
                          "llm": Path(cfg.llm.model).name, "turn_mode": cfg.turn.mode},
             "t0_monotonic": t0,
             "items": [{"turn": q.index + 1, "at_s": round(q.started - t0, 2),

@@ -197,6 +197,12 @@ class TurnTaker:
     def speaking(self) -> bool:
         return self.vad.speaking
 
+    @property
+    def pending(self) -> bool:
+        """Speech is coming in or a heard part waits for the rest (after an opener, say): the
+        turn is not over, so whoever drives the microphone must not count this as silence."""
+        return self.vad.speaking or bool(self._segments)
+
     def reset(self) -> None:
         """Forget the stream and any half-heard turn (after the kiosk has spoken)."""
         self.vad.reset()

@@ -133,7 +133,7 @@ def test_short_soak_with_every_fault(soak_pipeline, tmp_path, capsys):
 def test_watchdog_pings_stop_during_a_hang_and_resume(soak_pipeline, tmp_path, notify):
     """Through the real Notifier and a real datagram socket: WATCHDOG=1 every half period while
     the loop turns, none while the LLM hangs past the hung-turn limit, and again after. (Seed
-    24: "Hi!", a place question, which hangs, "Thank you.": short turns, so a short limit.)"""
+    24: "Hello!", a place question, which hangs, "Thank you.": short turns, so a short limit.)"""
     r = run_soak(soak_pipeline.cfg, 3, None, faults=["llm_hangs"], seed=24, pipeline=soak_pipeline,
                  hung_turn_s=4.0, watchdog_s=2.0, progress=False)
     assert [i["kind"] for i in r["items"]] == ["question"] * 3 and r["items"][1]["faults"] == ["llm_hangs"], r["items"]

@@ -122,6 +122,17 @@ def test_a_bare_opener_gets_a_short_reply_and_the_kiosk_stays_ready(pipeline, ta
     pipeline.reset()
     r = pipeline.ask_turn(turn)
     assert r.kind == "social" and r.sources == []
+    # While it waits after the opener the turn is pending (what the soak's microphone asks
+    # before it counts the silence as the end of a clip), and not once the turn is out.
+    seen = []
+
+    def watched():
+        for chunk in chunked(np.concatenate([_gap(0.3), say("Excuse me."), _gap(1.0)])):
+            yield chunk
+            taker.settle()
+            seen.append(taker.pending)
+    list(taker.turns(watched()))            # the stream ends inside the wait: the turn comes out
+    assert not seen[0] and seen[-1] and not taker.pending
     # the next visitor's question is heard as usual
     [turn] = _turns(taker, np.concatenate([_gap(0.3), say("Where is the library?"), _gap(3.0)]))
     assert "library" in pipeline.ask_turn(turn).sources
