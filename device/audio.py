@@ -253,17 +253,26 @@ class Speaker:
     """Plays float32 mono audio; `.playing` is true while sound goes out (half-duplex gate).
 
     Audio is written in short blocks so `stop()` (barge-in, Ctrl-C) takes effect within ~50 ms.
+    A stream that fails (speaker unplugged, a PortAudio error) is closed and the answer raises
+    AudioError; the next answer opens the speaker again, so a kiosk whose speaker comes back
+    speaks again without a restart.
     """
 
     def __init__(self, cfg: AudioConfig | None = None, sample_rate: int = 22050):
-        cfg = cfg or AudioConfig()
-        sd = _sounddevice()
-        device = _device(sd, cfg.output_device, "output")
+        self.cfg = cfg or AudioConfig()
         self.sample_rate = sample_rate
         self._stop = threading.Event()
         self._playing = threading.Event()
+        self._stream = None
+        self.reopened = 0               # times a failed speaker was opened again
+        self._open()
+
+    def _open(self):
+        sd = _sounddevice()
+        device = _device(sd, self.cfg.output_device, "output")
         self._stream = _open(sd.OutputStream, "speaker", "audio.output_device",
-                             samplerate=sample_rate, channels=1, dtype="float32", device=device)
+                             samplerate=self.sample_rate, channels=1, dtype="float32", device=device)
+        return self._stream
 
     @property
     def playing(self) -> bool:
@@ -276,17 +285,35 @@ class Speaker:
     def play_stream(self, chunks: Iterable[np.ndarray]) -> None:
         """Play chunks as they arrive (TTS sentence by sentence); `.playing` spans the whole stream.
         A stop() since the last resume() holds, even one that came before playback started."""
+        sd = _sounddevice()
         self._playing.set()
         block = self.sample_rate // 20
         try:
+            if self._stream is None:          # it failed during an earlier answer: try again
+                self._open()
+                self.reopened += 1
+                log.warning("speaker: open again after a failure")
             for audio in chunks:
                 audio = np.asarray(audio, dtype=np.float32)
                 for start in range(0, len(audio), block):
                     if self._stop.is_set():
                         return
-                    self._stream.write(audio[start:start + block].reshape(-1, 1))
+                    try:
+                        self._stream.write(audio[start:start + block].reshape(-1, 1))
+                    except sd.PortAudioError as e:
+                        self._discard()
+                        raise AudioError(f"the speaker failed ({e}); it is opened again for the next "
+                                         f"answer; check the cable and audio.output_device") from None
         finally:
             self._playing.clear()
+
+    def _discard(self) -> None:
+        stream, self._stream = self._stream, None
+        try:
+            stream.stop()
+            stream.close()
+        except Exception:  # noqa: BLE001 - a dead stream may refuse to close; it is dropped anyway
+            pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -296,8 +323,8 @@ class Speaker:
         self._stop.clear()
 
     def close(self) -> None:
-        self._stream.stop()
-        self._stream.close()
+        if self._stream is not None:
+            self._discard()
 
     def __enter__(self) -> Speaker:
         return self

@@ -107,6 +107,9 @@ class FakeSoundDevice:
         self.written: list[np.ndarray] = []
         self.block = lambda i, n: np.full(n, i, np.float32)     # what the microphone hears
         self.refuse = False
+        self.speaker_gone = False       # OutputStream refuses (unplugged)
+        self.unplug_after = None        # the speaker fails after this many blocks written
+        self.opened = 0
 
     def query_devices(self, device=None, kind=None):
         return {"name": f"fake {kind}"}
@@ -140,12 +143,18 @@ class FakeSoundDevice:
 
     def OutputStream(self, samplerate, channels, dtype, device):
         sd = self
+        if self.speaker_gone:
+            raise self.PortAudioError("Device unavailable")
+        sd.opened += 1
 
         class Stream:
             def start(self):
                 pass
 
             def write(self, data):
+                if sd.unplug_after is not None and len(sd.written) >= sd.unplug_after:
+                    sd.unplug_after = None
+                    raise sd.PortAudioError("Unanticipated host error")
                 assert data.shape[1] == 1 and data.dtype == np.float32
                 sd.written.append(data[:, 0].copy())
                 time.sleep(len(data) / samplerate / 10)
@@ -173,6 +182,21 @@ def test_microphone_yields_fixed_chunks_in_order(fake_sd):
     assert all(c.shape == (CHUNK,) and c.dtype == np.float32 for c in got)
     assert [int(c[0]) for c in got] == [0, 1, 2, 3, 4]
     assert after[0] > 4                       # flushed blocks are gone
+
+
+def test_a_speaker_that_fails_is_opened_again_for_the_next_answer(fake_sd):
+    spk = Speaker(AudioConfig(), sample_rate=22050)
+    fake_sd.unplug_after = 2                                   # unplugged mid-answer
+    with pytest.raises(AudioError, match="speaker failed.*opened again for the next answer"):
+        spk.play(np.zeros(22050, np.float32))
+    assert not spk.playing and len(fake_sd.written) == 2
+    fake_sd.speaker_gone = True                                # still unplugged at the next answer
+    with pytest.raises(AudioError, match="cannot open the speaker"):
+        spk.play(np.zeros(2205, np.float32))
+    fake_sd.speaker_gone = False                               # plugged back in
+    spk.play(np.ones(2205, np.float32))
+    assert fake_sd.opened == 2 and spk.reopened == 1 and fake_sd.written[-1][0] == 1.0
+    spk.close()
 
 
 def test_speaker_is_playing_only_while_it_plays_and_stops_early(fake_sd):
