@@ -98,6 +98,12 @@ def render_prompt(
     return past + _user(body) + f"{START_OF_TURN}model\n"
 
 
+def render_plain(question: str) -> str:
+    """A bare user turn, no instruction and no facts: the model as it is outside the campus
+    (what `train eval --retention` asks it general questions with)."""
+    return _user(question.strip()) + f"{START_OF_TURN}model\n"
+
+
 def render_target(answer: str) -> str:
     """The training label for a prompt: the answer and the end-of-turn token, which must be
     learned or the fine-tune never stops."""

@@ -31,10 +31,19 @@ def register(sub) -> None:
     f.add_argument("--out", help="override out")
     f.set_defaults(func=cmd_fit)
 
-    e = t.add_parser("eval", help="greedy answers on a held-out split: ROUGE-L, chrF, BLEU, facts, ...")
-    e.add_argument("--model", required=True, help="GGUF file (llama.cpp) or HF folder (transformers)")
-    e.add_argument("--lora", help="adapter: a .gguf (llama.cpp) or a PEFT folder (transformers)")
-    e.add_argument("--data", required=True, help="test.jsonl from `train dataset`")
+    e = t.add_parser("eval", help="greedy answers on a held-out split: ROUGE-L, chrF, BLEU, facts, ...; "
+                                  "--retention: what the fine-tune cost outside the campus")
+    e.add_argument("--model", help="GGUF file (llama.cpp) or HF folder (transformers); with --retention "
+                   "the 16-bit base (default: the config's llm.model)")
+    e.add_argument("--lora", help="adapter: a .gguf (llama.cpp) or a PEFT folder (transformers); with "
+                   "--retention default: the config's adapter (the shipped campus-lora.gguf)")
+    e.add_argument("--data", help="test.jsonl from `train dataset`; with --retention, the held-out campus "
+                   "answers (default: built from the knowledge base)")
+    e.add_argument("--retention", action="store_true",
+                   help="perplexity on general ko/en text and general questions: base, 16-bit merge, "
+                        "4-bit base, 4-bit merge (the ancestor's), and the kiosk's GGUF with and without the adapter")
+    e.add_argument("--retention-set", metavar="YAML", help="general text and questions "
+                   "(default: training/data/retention.yaml)")
     e.add_argument("--kb", default=None, help="knowledge base (default: the config's)")
     e.add_argument("--backend", choices=("auto", "llamacpp", "hf"), default="auto")
     e.add_argument("--limit", type=int, help="first N examples only")
@@ -145,11 +154,15 @@ def cmd_asr(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.retention:
+        return _retention(args)
     from campus_guide.knowledge import load_kb
     from training.dataset import read_jsonl
     from training.evaluate import plot_reports, write_report
     from training.steps import evaluate_model
 
+    if not args.model or not args.data:
+        raise UserError("train eval needs --model and --data (or --retention)")
     if not Path(args.data).is_file():
         raise UserError(f"{args.data} not found; build it with `campus-guide train dataset`")
     kb = load_kb(args.kb or _cfg(args).kb)
@@ -159,6 +172,23 @@ def cmd_eval(args) -> int:
     plot_reports([rep], out.with_suffix(".png"))
     _print_table([rep])
     print(f"report: {out}")
+    return 0
+
+
+def _retention(args) -> int:
+    from campus_guide.config import resolve_adapter, resolve_model
+    from training import retention as ret
+
+    cfg = _cfg(args)
+    base = Path(args.model) if args.model else resolve_model(cfg.llm.model, cfg.models_dir)
+    lora = Path(args.lora) if args.lora else resolve_adapter(cfg.llm.lora, cfg.models_dir)
+    if lora is None:
+        raise UserError("no adapter to measure: give --lora (the config's llm.lora is null)")
+    campus = ret.campus_pairs(args.kb or cfg.kb, args.data)
+    report = ret.retention(base, lora, args.retention_set or ret.DEFAULT_SET, campus=campus)
+    out = ret.write_report(report, Path(args.out if args.out != "eval.json" else "retention.json"))
+    print(report.table())
+    print(f"report: {out}, table: {out.with_suffix('.md')}, plot: {out.with_suffix('.png')}")
     return 0
 
 
