@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from campus_guide.bundle import ASR_DIR, MANIFEST_FILE, BundleError, verify_bundle
+from campus_guide.bundle import MANIFEST_FILE, BundleError, verify_bundle
 from campus_guide.config import Config, ConfigError
 from campus_guide.korean import has_hangul
 from campus_guide.prompt import LANGUAGES
@@ -114,7 +114,8 @@ class Transcriber:
 
         a = cfg.asr
         path = cfg.asr_path()
-        if path.parent.joinpath(MANIFEST_FILE).is_file() and path.name == ASR_DIR:
+        from_bundle = path != cfg.models_path(a.model)
+        if from_bundle:
             try:                            # the bundle's Whisper, checked like its LLM
                 verify_bundle(path.parent, part="asr")
             except BundleError as e:
@@ -123,7 +124,7 @@ class Transcriber:
             log.info("asr: the bundle's own Whisper %s (instead of asr.model %s)", path, a.model)
         require(Path(path) / "model.bin", f"Whisper model '{a.model}' (CTranslate2 folder)", "asr.model")
         self.path = path
-        self.name = f"{path.parent.name}/{ASR_DIR}" if path.name == ASR_DIR else path.name   # for reports
+        self.name = f"{path.parent.name}/{path.name}" if from_bundle else path.name   # for reports
         device, compute_type = a.device, a.compute_type
         if device == "cuda" and _cuda_devices() == 0:
             log.warning("asr.device is cuda but CTranslate2 sees no CUDA device (a CPU-only build, or "

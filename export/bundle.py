@@ -111,8 +111,7 @@ def make_bundle(gguf: str | Path, out: str | Path, eval_report: str | Path | Non
                              asr_eval.pop("quantization", None) or "unknown (no --asr-report)",
                              multilingual, asr_eval or None)
         # The name identifies the pair: the same GGUF with another Whisper is another bundle.
-        digest_name = hashlib.sha256("".join(f.sha256 for f in [BundleFile(MODEL_FILE, digest, 0)] + files)
-                                     .encode()).hexdigest()
+        digest_name = hashlib.sha256((digest + "".join(f.sha256 for f in files)).encode()).hexdigest()
     else:
         digest_name = digest
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", gguf.stem).strip("-.") or "model"

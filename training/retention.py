@@ -141,10 +141,9 @@ def _gguf_deltas(path: Path, model) -> dict[str, "torch.Tensor"]:  # noqa: F821
     import torch
 
     r = gguf.GGUFReader(str(path))
-    fields = {k: v for k, v in r.fields.items()}
 
     def field_value(key):
-        f = fields.get(key)
+        f = r.fields.get(key)
         return None if f is None else f.parts[f.data[0]]
 
     if field_value("adapter.type") is None or bytes(field_value("adapter.type")).decode() != "lora":
@@ -183,37 +182,40 @@ def _contains(answer: str, q: Question) -> bool:
     return any(e.casefold() in a for e in q.expect)
 
 
+def _row(name: str, backend: str, nll, answer, data: RetentionSet) -> Row:
+    """One model's row. `nll(head, tail)`: (summed negative log-likelihood, tokens) of `tail`
+    after `head` ("" = just <bos>); `answer(text)`: its greedy answer to a rendered prompt."""
+    ppl, tokens = {}, {}
+    groups = {lang: [("", t) for t in paras] for lang, paras in data.text.items()}
+    if data.campus:
+        groups[CAMPUS] = list(data.campus)
+    for key, pairs in groups.items():
+        sums = [nll(head, tail) for head, tail in pairs]
+        total, n = sum(x for x, _ in sums), sum(k for _, k in sums)
+        ppl[key], tokens[key] = math.exp(total / n), n
+    answers = [answer(prompt.render_plain(q.q)) for q in data.questions]
+    return Row(name, backend, ppl, tokens, answers, sum(_contains(a, q) for a, q in zip(answers, data.questions)))
+
+
 def _torch_row(name: str, model, tok, data: RetentionSet) -> Row:
     import torch
 
-    ppl, tokens = {}, {}
+    eos = [i for i in (tok.convert_tokens_to_ids(prompt.END_OF_TURN), tok.eos_token_id) if i is not None]
+
+    def nll(head: str, tail: str) -> tuple[float, int]:
+        h = tok(head, return_tensors="pt").input_ids                          # <bos> first
+        t = tok(tail, return_tensors="pt", add_special_tokens=False).input_ids
+        logits = model(torch.cat([h, t], dim=1)).logits[0, h.shape[1] - 1:-1].float()
+        return torch.nn.functional.cross_entropy(logits, t[0], reduction="sum").item(), t.shape[1]
+
+    def answer(text: str) -> str:
+        ids = tok(text, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos[-1])
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
     with torch.inference_mode():
-        for lang, paras in data.text.items():
-            nll, n = 0.0, 0
-            for text in paras:
-                ids = tok(text, return_tensors="pt").input_ids            # <bos> first
-                logits = model(ids).logits[0, :-1].float()
-                nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-                n += ids.shape[1] - 1
-            ppl[lang], tokens[lang] = math.exp(nll / n), n
-        if data.campus:
-            nll, n = 0.0, 0
-            for p, target in data.campus:
-                head = tok(p, return_tensors="pt").input_ids
-                tail = tok(target, return_tensors="pt", add_special_tokens=False).input_ids
-                ids = torch.cat([head, tail], dim=1)
-                logits = model(ids).logits[0, head.shape[1] - 1:-1].float()
-                nll += torch.nn.functional.cross_entropy(logits, tail[0], reduction="sum").item()
-                n += tail.shape[1]
-            ppl[CAMPUS], tokens[CAMPUS] = math.exp(nll / n), n
-        answers = []
-        eos = [i for i in (tok.convert_tokens_to_ids(prompt.END_OF_TURN), tok.eos_token_id) if i is not None]
-        for q in data.questions:
-            ids = tok(prompt.render_plain(q.q), return_tensors="pt").input_ids
-            out = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=eos[-1])
-            answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
-    return Row(name, "torch", ppl, tokens, answers, sum(_contains(a, q) for a, q in zip(answers, data.questions)))
+        return _row(name, "torch", nll, answer, data)
 
 
 def _llamacpp_row(name: str, gguf_path: Path, lora: Path | None, data: RetentionSet, threads: int) -> Row:
@@ -225,29 +227,16 @@ def _llamacpp_row(name: str, gguf_path: Path, lora: Path | None, data: Retention
     llm = LLM(LLMConfig(model=str(gguf_path), lora=str(lora) if lora else None, n_ctx=1024,
                         max_tokens=MAX_NEW_TOKENS, n_threads=threads, n_threads_batch=threads),
               gguf_path.parent, logits_all=True)
+
+    def nll(head: str, tail: str) -> tuple[float, int]:
+        h, t = llm.tokenize(head), llm.tokenize(tail, bos=False)
+        lp = llm.log_probs(h + t, len(h))
+        return -float(lp[np.arange(len(t)), t].sum()), len(t)
+
     try:
-        ppl, tokens = {}, {}
-        for lang, paras in data.text.items():
-            nll, n = 0.0, 0
-            for text in paras:
-                ids = llm.tokenize(text)
-                lp = llm.log_probs(ids, 1)
-                nll -= float(lp[np.arange(len(ids) - 1), ids[1:]].sum())
-                n += len(ids) - 1
-            ppl[lang], tokens[lang] = math.exp(nll / n), n
-        if data.campus:
-            nll, n = 0.0, 0
-            for p, target in data.campus:
-                head, tail = llm.tokenize(p), llm.tokenize(target, bos=False)
-                ids = head + tail
-                lp = llm.log_probs(ids, len(head))
-                nll -= float(lp[np.arange(len(tail)), tail].sum())
-                n += len(tail)
-            ppl[CAMPUS], tokens[CAMPUS] = math.exp(nll / n), n
-        answers = ["".join(llm.stream(prompt.render_plain(q.q))).strip() for q in data.questions]
+        return _row(name, "llama.cpp", nll, lambda text: "".join(llm.stream(text)).strip(), data)
     finally:
         llm.close()
-    return Row(name, "llama.cpp", ppl, tokens, answers, sum(_contains(a, q) for a, q in zip(answers, data.questions)))
 
 
 # --- the comparison ------------------------------------------------------------------------------------
