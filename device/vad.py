@@ -25,6 +25,12 @@ WINDOW_S = WINDOW / SAMPLE_RATE
 _HYSTERESIS = 0.15      # speech continues until the probability falls this far below threshold
 _TAIL_S = 0.2           # silence kept after the last speech window (Whisper likes a soft ending)
 _PAUSE_WINDOWS = 3      # ~0.1 s below threshold: a pause where a too-long utterance may be cut
+# Silero's recurrent state drifts over a long stretch without speech: after 15-30 s of a quiet
+# room a short "Hello!" no longer reaches the threshold (0.89 from a fresh state, 0.6 after 30 s
+# at -60 dBFS; silero-vad issue #725). A kiosk idles for hours, so the state is reset after this
+# much silence with no utterance open (the pre-roll audio is kept, and silence loses nothing).
+_STATE_RESET_S = 5.0
+_STATE_RESET_WINDOWS = round(_STATE_RESET_S / WINDOW_S)
 
 
 @dataclass
@@ -58,10 +64,14 @@ class _Silero:
         self.reset()
 
     def reset(self) -> None:
+        self.reset_state()
+        self.context = np.zeros(CONTEXT, np.float32)
+
+    def reset_state(self) -> None:
+        """The recurrent state only: the audio context (the previous window's tail) stays."""
         self.h = np.zeros((1, 1, 128), np.float32)
         self.c = np.zeros((1, 1, 128), np.float32)
         self.state = np.zeros((2, 1, 128), np.float32)
-        self.context = np.zeros(CONTEXT, np.float32)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """(n, WINDOW) consecutive windows -> (n,) speech probabilities; state carries over."""
@@ -102,6 +112,7 @@ class VAD:
         self._n = 0                                  # windows seen since reset
         self._last_speech = 0                        # window index just after the last speech
         self._pre: deque[np.ndarray] = deque(maxlen=max(1, round(self.cfg.pre_roll_s / WINDOW_S)))
+        self._quiet = 0                              # windows without speech since the last state reset
         self._close()
 
     def _close(self) -> None:
@@ -167,7 +178,12 @@ class VAD:
         if not self._speaking:
             if p < cfg.threshold:
                 self._pre.append(window)
+                self._quiet += 1
+                if self._quiet >= _STATE_RESET_WINDOWS:
+                    self.model.reset_state()
+                    self._quiet = 0
                 return
+            self._quiet = 0
             self._speaking = True
             self._windows, self._probs = list(self._pre), [0.0] * len(self._pre)
             self._start = i - len(self._pre)

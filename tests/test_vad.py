@@ -83,6 +83,20 @@ def test_silence_and_noise_are_not_speech(vad):
         assert list(vad.utterances(FileSource(x))) == []
 
 
+@pytest.mark.parametrize("quiet_s", [30, 120])
+def test_a_short_word_after_a_long_quiet_spell_is_heard(vad, say, quiet_s):
+    """A kiosk idles for hours: silero's recurrent state drifts over a long silence, and a bare
+    "Hello!" after half a minute of a quiet room (-60 dBFS hiss) used to go unheard."""
+    rng = np.random.default_rng(1)
+    hello = say("Hello!")
+    x = np.concatenate([say("Where is the library?"), np.zeros(int(quiet_s * SR), np.float32),
+                        hello, np.zeros(SR, np.float32)])
+    x = (x + rng.normal(0, 1e-3, len(x))).astype(np.float32)
+    us = list(vad.utterances(FileSource(x)))
+    assert len(us) == 2
+    assert us[1].start_s == pytest.approx((len(x) - SR - len(hello)) / SR, abs=0.5)
+
+
 def test_clipped_speech_is_still_found(vad, question_en):
     clipped = np.clip(question_en * 20, -1, 1)
     (u,) = list(vad.utterances(FileSource(clipped)))
