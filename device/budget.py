@@ -15,6 +15,8 @@ plan only marks which rows are on the GPU (`Item.gpu`, `Plan.gpu_bytes`).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import resource
 from dataclasses import asdict, dataclass, field, replace
@@ -79,6 +81,27 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim), after each turn.
+
+    Why: a turn allocates in several threads (the turn, the model's producer, piper's), and
+    glibc keeps what they free inside its per-thread arenas, scattered between live blocks, so
+    the kiosk's RSS climbs for hundreds of turns to a fragmented plateau well over what it uses
+    (docs/appliance.md, "Memory over a long run"). malloc_trim(0) walks every arena and returns
+    whole free pages in the middle of them too (madvise), in a few milliseconds. False where the
+    C library is not glibc (nothing to do there)."""
+    trim = _malloc_trim()
+    return bool(trim and trim(0))
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def peak_rss_mb() -> float:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Sequence
 from campus_guide.config import Config
 
 from .audio import AudioError, Microphone, Speaker, read_wav
+from .budget import trim_heap
 from .pipeline import Pipeline, TurnResult
 from .turns import Turn, TurnTaker
 
@@ -52,6 +53,7 @@ def listen(pipeline: Pipeline, mic, speaker, on_turn: Callable[[TurnResult], Non
         except Exception as e:   # one bad turn must not take the kiosk down
             log.exception("kiosk: turn failed, the visitor got no answer; %s", _advice(e))
         finally:
+            trim_heap()         # in the echo tail, while the kiosk is deaf anyway
             busy.clear()
 
     def chunks() -> Iterator:

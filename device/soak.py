@@ -48,7 +48,7 @@ from campus_guide.errors import UserError
 
 from . import kiosk
 from .audio import CHUNK, SAMPLE_RATE, AudioError, _stream_resampler, resample, to_mono
-from .budget import rss_mb
+from .budget import rss_mb, trim_heap
 from .pipeline import TURN_LOG, Pipeline
 from .replay import voiced_end
 from .service import MicrophoneMissing, Notifier, Seams, ServiceError, run_service
@@ -836,6 +836,7 @@ def _warm_up(p: Pipeline) -> None:
     for _ in p.tts.synthesize((clause * 10)[:p.cfg.dialogue.max_sentence_chars].rstrip(", ") + ".", "en"):
         pass
     p.reset()
+    trim_heap()             # as the kiosk does after every turn
 
 
 def run_soak(cfg: Config, turns: int, out: str | Path | None = None, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,22 @@ def test_cuda_asr_plan_uses_the_actual_model_bin(models_dir):
     assert rows["Whisper weights (GPU)"].bytes == model_bin.stat().st_size
     assert str(model_bin) in rows["Whisper weights (GPU)"].note
     assert rows["CUDA context + cuBLAS"].note.endswith("(CTranslate2)")    # default LLM on the CPU
+
+
+def test_trim_heap_gives_a_fragmented_heap_back():
+    """What the kiosk does after every turn: blocks freed between live ones (as a turn's threads
+    leave them) stay resident until malloc_trim returns their pages."""
+    from device.budget import rss_mb, trim_heap
+
+    keep: list[bytes] = []
+
+    def turn() -> None:
+        junk = [bytes(16000) for _ in range(20000)]     # 320 MB in 16-kB blocks (not mmap'd)
+        keep.extend(junk[::50])                          # every 50th stays alive
+    worker = threading.Thread(target=turn)
+    worker.start()
+    worker.join()
+    before = rss_mb()
+    if not trim_heap():
+        pytest.skip("not glibc: no malloc_trim")
+    assert before - rss_mb() > 150
