@@ -19,10 +19,11 @@ from typing import Iterator
 import numpy as np
 
 from campus_guide.errors import UserError
-from campus_guide.config import Config, TTSConfig, resolve_model
+from campus_guide.config import Config, DialogueConfig, TTSConfig, resolve_model
 from device.audio import resample
 from device.models import onnx_session, require
 from device.normalize import normalize_for_speech
+from device.splitter import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,17 @@ class TTSError(UserError):
 
 
 class Synthesizer:
-    """`synthesize(text, lang)` -> float32 chunks at `.sample_rate`, one per sentence."""
+    """`synthesize(text, lang)` -> float32 chunks at `.sample_rate`, one per sentence.
+
+    Piper never gets more than `max_chars` at once (dialogue.max_sentence_chars): onnxruntime's
+    arena grows to the longest sentence it has synthesised and never shrinks, so one 311-char
+    route sentence (numbers read out make text longer) added ~150 MB for the rest of the
+    kiosk's life. Cut to the limit, the memory plan's piper row is a bound, not a guess."""
 
     def __init__(self, cfg: Config | TTSConfig, models_dir: str | Path | None = None):
+        self.max_chars = DialogueConfig.max_sentence_chars
         if isinstance(cfg, Config):
+            self.max_chars = cfg.dialogue.max_sentence_chars
             cfg, models_dir = cfg.tts, models_dir or cfg.models_dir
         self.cfg = cfg
         models_dir = Path(models_dir or "models")
@@ -75,8 +83,9 @@ class Synthesizer:
         from piper import SynthesisConfig
 
         syn = SynthesisConfig(length_scale=self.cfg.length_scale, volume=0.9)
-        for chunk in voice.synthesize(text, syn):
-            yield resample(chunk.audio_float_array, chunk.sample_rate, self.sample_rate)
+        for sentence in split_sentences([text], self.max_chars):
+            for chunk in voice.synthesize(sentence, syn):
+                yield resample(chunk.audio_float_array, chunk.sample_rate, self.sample_rate)
 
     def _espeak(self, text: str, lang: str) -> np.ndarray:
         exe = shutil.which("espeak-ng")
