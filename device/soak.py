@@ -52,6 +52,7 @@ from .budget import rss_mb, trim_heap
 from .pipeline import TURN_LOG, Pipeline
 from .replay import voiced_end
 from .service import MicrophoneMissing, Notifier, Seams, ServiceError, run_service
+from .tts import longest_sentence
 
 log = logging.getLogger(__name__)
 
@@ -823,17 +824,22 @@ def _slope(values: list[float]) -> float | None:
     return round(float(np.polyfit(np.arange(len(values)), values, 1)[0]), 3)
 
 
-def _warm_up(p: Pipeline) -> None:
-    """Every stage once at its largest, so that rss_start_mb is the plateau and growth after it
-    is a leak: a question end to end; Whisper on vad.max_utterance_s of speech (its buffers grow
-    with the audio); piper on a dialogue.max_sentence_chars sentence (its arena grows with the
-    longest sentence; `budget --measure` speaks one for the same reason)."""
-    p.ask_audio(_say(p, "en", [EN_PLACES[0]]))
+def _warm_up(p: Pipeline, clips: list[Clip]) -> None:
+    """Every stage at its largest and every kind of question once, so that rss_start_mb is
+    where the kiosk's first visitors leave it and growth after it is what a long day adds:
+    each distinct question clip end to end (the first ~25 turns of a soak used to add ~65 MB:
+    first use of each code path and input size); Whisper on vad.max_utterance_s of speech (its
+    buffers grow with the audio); piper on a dialogue.max_sentence_chars sentence (its arena
+    keeps the longest sentence's size; `budget --measure` speaks one for the same reason)."""
+    seen: set[str] = set()
+    for clip in clips:
+        if clip.kind == "question" and clip.name not in seen:
+            seen.add(clip.name)
+            p.ask_audio(clip.audio)
     speech = _speech_only(_say(p, "en", [MONOLOGUE]))
     longest = int(p.cfg.vad.max_utterance_s * SAMPLE_RATE)
     p.asr.transcribe(np.tile(speech, int(np.ceil(longest / len(speech))))[:longest])
-    clause = "the Central Library is building 10, north of the Central Lawn, "
-    for _ in p.tts.synthesize((clause * 10)[:p.cfg.dialogue.max_sentence_chars].rstrip(", ") + ".", "en"):
+    for _ in p.tts.synthesize(longest_sentence(p.cfg.dialogue.max_sentence_chars), "en"):
         pass
     p.reset()
     trim_heap()             # as the kiosk does after every turn
@@ -870,7 +876,7 @@ def run_soak(cfg: Config, turns: int, out: str | Path | None = None, *,
         clips = build_clips(pipeline, turns, seed)
         targets = schedule_faults(clips, kinds, seed)
         t = time.monotonic()
-        _warm_up(pipeline)
+        _warm_up(pipeline, clips)
         warmup_s = time.monotonic() - t
         soak = Soak(pipeline, clips, targets, kinds, speed, hung_turn_s, watchdog_s, progress)
         report = soak.run()

@@ -32,6 +32,14 @@ _ESPEAK_WPM = 165
 _warned: set[str] = set()   # languages whose espeak fallback has been announced (once per process)
 
 
+def longest_sentence(max_chars: int) -> str:
+    """A sentence of the longest length the kiosk speaks (dialogue.max_sentence_chars): what a
+    warm-up or a measurement synthesises so that piper's arena is at its plateau (no digits:
+    read out, they would lengthen it past the cut)."""
+    clause = "the Central Library is north of the Central Lawn, past the clock tower, "
+    return (clause * (max_chars // len(clause) + 1))[:max_chars - 1].rstrip(", ") + "."
+
+
 class TTSError(UserError):
     """No way to speak a language, or the synthesizer failed."""
 

@@ -14,8 +14,8 @@ from campus_guide.cli import main
 from campus_guide.config import Config, load_config
 from campus_guide.ggufmeta import GGUFError, LLMShape, kv_cache_bytes
 from device.budget import (CUDA_RUNTIME, GEMMA2_2B, GEMMA2_2B_Q4_K_M_BYTES, WHISPER_BASE_F16_BYTES,
-                           WHISPER_CUDA_WORKSPACE, WHISPER_WORK, GiB, MiB, BudgetError, compute_bytes,
-                           plan, plan_for_config, production_plans)
+                           LONG_RUN_ROW, WHISPER_CUDA_WORKSPACE, WHISPER_WORK, GiB, MiB, BudgetError,
+                           compute_bytes, plan, plan_for_config, production_plans)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_plan_uses_the_actual_files(models_dir):
     assert rows["LLM KV cache"] == 36 * MiB
     assert rows["Whisper weights"] == (models_dir / "whisper-base" / "model.bin").stat().st_size // 2
     assert "CUDA context + cuBLAS" not in rows                    # CPU config: nothing offloaded
-    assert 0.7 * GiB < plan.total_bytes < 1.2 * GiB and not plan.over
+    assert 0.7 * GiB < plan.total_bytes < 1.5 * GiB and not plan.over
 
     cfg.llm.n_ctx, cfg.llm.n_gpu_layers = 8192, -1
     bigger = plan_for_config(cfg)
@@ -106,7 +106,9 @@ def test_production_target_fits_the_orin_nano(capsys):
 @pytest.mark.models
 @pytest.mark.slow
 def test_plan_is_within_15_percent_of_the_measured_peak_rss(models_dir, tmp_path):
-    """The real pipeline in its own process: load everything, answer the bundled question."""
+    """The real pipeline in its own process: load everything, answer the bundled question. One
+    turn is compared with the plan less its long-run row (what a day of turns adds, calibrated
+    on the 1,000-turn soak, not measurable in one turn)."""
     cfg = tmp_path / "kiosk.yaml"
     cfg.write_text(f"models_dir: {models_dir}\nruntime:\n  state_dir: {tmp_path / 'state'}\n")
     out = subprocess.run([sys.executable, "-m", "campus_guide.cli", "--config", str(cfg),
@@ -114,8 +116,10 @@ def test_plan_is_within_15_percent_of_the_measured_peak_rss(models_dir, tmp_path
                          timeout=300, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads(out.stdout)
-    ratio = data["total_bytes"] / MiB / data["measured_peak_rss_mib"]
-    assert 0.85 <= ratio <= 1.15, f"plan {data['total_bytes'] / MiB:.0f} MiB vs measured " \
+    long_run = next(i["bytes"] for i in data["items"] if i["name"] == LONG_RUN_ROW)
+    assert data["one_turn_plan_mib"] == pytest.approx((data["total_bytes"] - long_run) / MiB, abs=0.1)
+    ratio = data["one_turn_plan_mib"] / data["measured_peak_rss_mib"]
+    assert 0.85 <= ratio <= 1.15, f"plan {data['one_turn_plan_mib']:.0f} MiB vs measured " \
                                   f"{data['measured_peak_rss_mib']:.0f} MiB"
 
 
