@@ -53,9 +53,9 @@ class Synthesizer:
     kiosk's life. Cut to the limit, the memory plan's piper row is a bound, not a guess."""
 
     def __init__(self, cfg: Config | TTSConfig, models_dir: str | Path | None = None):
-        self.max_chars = DialogueConfig.max_sentence_chars
-        if isinstance(cfg, Config):
-            self.max_chars = cfg.dialogue.max_sentence_chars
+        full = isinstance(cfg, Config)
+        self.max_chars = (cfg.dialogue if full else DialogueConfig()).max_sentence_chars
+        if full:
             cfg, models_dir = cfg.tts, models_dir or cfg.models_dir
         self.cfg = cfg
         models_dir = Path(models_dir or "models")
