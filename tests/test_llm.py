@@ -56,6 +56,29 @@ def test_stream_matches_its_tokens_and_records_timings(llm):
 
 
 @pytest.mark.models
+def test_answers_do_not_pile_up_native_memory_between_garbage_collections(llm):
+    """Each answer's sampler (3 MB of native buffers for Gemma-3's vocabulary) is freed when it
+    ends; llama-cpp-python's own sampler is a reference cycle that only Python's full
+    collection would free, and a kiosk goes hundreds of turns between those."""
+    import gc
+
+    from device.budget import rss_mb
+
+    prompt = render_prompt("Where is the library?", ["The library is building 10."], [], "en")
+    "".join(llm.stream(prompt))
+    gc.collect()
+    gc.disable()
+    try:
+        before = rss_mb()
+        for _ in range(10):
+            "".join(llm.stream(prompt))
+        grown = rss_mb() - before
+    finally:
+        gc.enable()
+    assert grown < 10, f"{grown:.1f} MB more after 10 answers (30 when every sampler is kept)"
+
+
+@pytest.mark.models
 def test_one_bos_and_stop_ids_from_the_vocabulary(llm):
     ids = llm.tokenize(render_prompt("Where is the library?", ["x"], [], "en"))
     assert ids[0] == llm.llama.token_bos() and ids[1] != ids[0]
