@@ -8,6 +8,7 @@ them into one `models_dir` and records each file's sha256, size and source packa
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -234,15 +235,55 @@ def require(path: str | Path, what: str, key: str | None = None) -> Path:
     raise ModelError(f"{what} not found: {p} ({fix})")
 
 
-def onnx_session(path: str | Path, fix: str, threads: int = 1, error: type[Exception] = ModelError):
+def onnx_session(path: str | Path, fix: str, threads: int = 1, error: type[Exception] = ModelError,
+                 *, varying: bool = False):
     """An onnxruntime CPU session on `path`; a file it cannot load raises `error` naming the
-    file and `fix` (onnxruntime raises its own untyped errors). threads 0 = onnxruntime's."""
+    file and `fix` (onnxruntime raises its own untyped errors). threads 0 = onnxruntime's.
+
+    `varying`: for a model whose input size changes from run to run (piper: one sentence).
+    onnxruntime's default CPU arena keeps every region it ever grew to, in power-of-two steps,
+    so piper's memory climbed with the sentences it spoke (+250 MB over 15 sentences, still
+    rising). Such a session takes its memory from an arena that grows by exactly what a run
+    asks for and gives it back when the run ends (memory.enable_memory_arena_shrinkage): flat
+    over the same sentences, at ~10 % of piper's time (docs/appliance.md, "Memory over a long
+    run")."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
+    if varying:
+        _exact_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - re-raised as an error a person can act on
         raise error(f"{path}: {fix} ({e})") from None
+    return _Shrinking(session) if varying else session
+
+
+@functools.cache
+def _exact_arena() -> None:
+    """The process's shared CPU arena for `varying` sessions: extended by exactly the size
+    asked for (kSameAsRequested), not the next power of two. Registered once per process."""
+    import onnxruntime as ort
+
+    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(cpu, ort.OrtArenaCfg(0, 1, -1, -1))
+
+
+class _Shrinking:
+    """An InferenceSession whose every run ends by giving its arena's free regions back."""
+
+    def __init__(self, session):
+        import onnxruntime as ort
+
+        self._session = session
+        self._options = ort.RunOptions()
+        self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._session.run(output_names, input_feed, run_options or self._options)
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)

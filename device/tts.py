@@ -75,7 +75,7 @@ class Synthesizer:
         # PiperVoice.load would give onnxruntime every core; the thread budget decides here.
         session = onnx_session(path, f"cannot load the piper voice for '{lang}'; run `campus-guide "
                                      f"models fetch --force`, or fix tts.voices.{lang}",
-                               self.cfg.threads, TTSError)
+                               self.cfg.threads, TTSError, varying=True)
         return PiperVoice(session=session,
                           config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))))
 
