@@ -687,6 +687,15 @@ class Soak:
     def _listen(self, pipeline, mic, speaker, **kw):
         return kiosk.listen(pipeline, mic, speaker, on_heard=self._heard, **kw)
 
+    def replay(self) -> None:
+        """The clips through the kiosk loop alone: no service, no faults, no report (the
+        warm-up)."""
+        saved = self._install()
+        try:
+            self._listen(self.pipeline, self.mic, self.speaker)
+        finally:
+            self._restore(saved)
+
     def run(self) -> dict:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -824,18 +833,16 @@ def _slope(values: list[float]) -> float | None:
     return round(float(np.polyfit(np.arange(len(values)), values, 1)[0]), 3)
 
 
-def _warm_up(p: Pipeline, clips: list[Clip]) -> None:
-    """Every stage at its largest and every kind of question once, so that rss_start_mb is
-    where the kiosk's first visitors leave it and growth after it is what a long day adds:
-    each distinct question clip end to end (the first ~25 turns of a soak used to add ~65 MB:
-    first use of each code path and input size); Whisper on vad.max_utterance_s of speech (its
+def _warm_up(p: Pipeline, clips: list[Clip], hung_turn_s: float, watchdog_s: float) -> None:
+    """Every stage at its largest and every kind of clip once, so that rss_start_mb is where
+    the kiosk's first visitors leave it and growth after it is what a long day adds: each
+    distinct clip through the kiosk loop itself (the turn-taker's speculation thread and Smart
+    Turn allocate on first use what ask_audio alone never reaches: ~35 MB in the first two live
+    turns, ~20 more at the first monologue); Whisper on vad.max_utterance_s of speech (its
     buffers grow with the audio); piper on a dialogue.max_sentence_chars sentence (its arena
     keeps the longest sentence's size; `budget --measure` speaks one for the same reason)."""
-    seen: set[str] = set()
-    for clip in clips:
-        if clip.kind == "question" and clip.name not in seen:
-            seen.add(clip.name)
-            p.ask_audio(clip.audio)
+    distinct = list({c.name: c for c in clips}.values())
+    Soak(p, distinct, {}, [], 0.0, hung_turn_s, watchdog_s, progress=False).replay()
     speech = _speech_only(_say(p, "en", [MONOLOGUE]))
     longest = int(p.cfg.vad.max_utterance_s * SAMPLE_RATE)
     p.asr.transcribe(np.tile(speech, int(np.ceil(longest / len(speech))))[:longest])
@@ -876,7 +883,7 @@ def run_soak(cfg: Config, turns: int, out: str | Path | None = None, *,
         clips = build_clips(pipeline, turns, seed)
         targets = schedule_faults(clips, kinds, seed)
         t = time.monotonic()
-        _warm_up(pipeline, clips)
+        _warm_up(pipeline, clips, hung_turn_s, watchdog_s)
         warmup_s = time.monotonic() - t
         soak = Soak(pipeline, clips, targets, kinds, speed, hung_turn_s, watchdog_s, progress)
         report = soak.run()
