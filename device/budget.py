@@ -48,6 +48,8 @@ ESPEAK = 8 * MiB           # the espeak-ng subprocess (same cgroup) for voiceles
 # other rows for that config (1,032 MiB), rounded up.
 LONG_RUN = 260 * MiB
 LONG_RUN_ROW = "long-run heap growth"
+HEAP_MMAP_THRESHOLD = 32 * MiB   # glibc's largest dynamic value, fixed (tune_heap)
+_M_MMAP_THRESHOLD = -3           # mallopt's parameter number (malloc.h)
 # Not measurable here: the CUDA context (driver, lazily loaded kernels, cuBLAS) on the Jetson.
 # Public reports put it near 300 MB; counted only when layers are offloaded (n_gpu_layers != 0).
 CUDA_RUNTIME = 300 * MiB
@@ -90,23 +92,41 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def tune_heap() -> bool:
+    """Fix glibc's mmap threshold at 32 MB, once, before the models load (Pipeline does it).
+
+    Why: glibc raises its mmap threshold each time a large block is freed, and its trim
+    threshold with it (up to 64 MB), so after the first big buffers of Whisper, piper and the
+    model, blocks of up to 32 MB come from the threads' arenas and up to 64 MB of freed memory
+    stays at the top of each one, where malloc_trim does not reach (it trims the main arena's
+    top only). In the soak that was ~35-50 MB more or less resident from one turn to the next
+    and ~120 MB overall. A fixed threshold also fixes the trim threshold at its 128-kB
+    default, so free() shrinks every arena: 100 turns flat at ~780 MB, against ~950 with a
+    50-MB swing, and Whisper no slower (docs/appliance.md, "Memory over a long run"). Below
+    the largest buffers it would cost time: at 1 MB every big block is a fresh mmap, and
+    Whisper took 0.27 s a call instead of 0.15.
+    False where the C library is not glibc."""
+    mallopt = _libc("mallopt")
+    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
+
+
 def trim_heap() -> bool:
     """Give the C heap's free pages back to the system (glibc's malloc_trim), after each turn.
 
     Why: a turn allocates in several threads (the turn, the model's producer, piper's), and
-    glibc keeps what they free inside its per-thread arenas, scattered between live blocks, so
-    the kiosk's RSS climbs for hundreds of turns to a fragmented plateau well over what it uses
+    glibc keeps what they free inside its arenas, scattered between live blocks, so the kiosk's
+    RSS climbs for hundreds of turns to a fragmented plateau well over what it uses
     (docs/appliance.md, "Memory over a long run"). malloc_trim(0) walks every arena and returns
     whole free pages in the middle of them too (madvise), in a few milliseconds. False where the
     C library is not glibc (nothing to do there)."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     return bool(trim and trim(0))
 
 
 @functools.cache
-def _malloc_trim():
+def _libc(name: str):
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 

@@ -27,7 +27,7 @@ from campus_guide.knowledge import Retriever, load_kb
 
 from .asr import Transcriber, kb_hotwords
 from .audio import SAMPLE_RATE, FileSource
-from .budget import rss_mb, with_threads
+from .budget import rss_mb, tune_heap, with_threads
 from .dialogue import Dialogue, DialogueResult
 from .llm import LLM
 from .tts import Synthesizer
@@ -137,6 +137,7 @@ class Pipeline:
     """All models loaded once here; the kiosk is ready when the constructor returns."""
 
     def __init__(self, cfg: Config):
+        tune_heap()
         self.cfg = cfg = with_threads(cfg)
         models = Path(cfg.models_dir)
         t = time.perf_counter()
