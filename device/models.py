@@ -245,7 +245,7 @@ def onnx_session(path: str | Path, fix: str, threads: int = 1, error: type[Excep
     so piper's memory climbed with the sentences it spoke (+250 MB over 15 sentences, still
     rising). Such a session takes its memory from an arena that grows by exactly what a run
     asks for and gives it back when the run ends (memory.enable_memory_arena_shrinkage): flat
-    over the same sentences, at ~10 % of piper's time (docs/appliance.md, "Memory over a long
+    over the same sentences, at 5-15 % of piper's time (docs/appliance.md, "Memory over a long
     run")."""
     import onnxruntime as ort
 

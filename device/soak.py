@@ -839,8 +839,8 @@ def _warm_up(p: Pipeline, clips: list[Clip], hung_turn_s: float, watchdog_s: flo
     distinct clip through the kiosk loop itself (the turn-taker's speculation thread and Smart
     Turn allocate on first use what ask_audio alone never reaches: ~35 MB in the first two live
     turns, ~20 more at the first monologue); Whisper on vad.max_utterance_s of speech (its
-    buffers grow with the audio); piper on a dialogue.max_sentence_chars sentence (its arena
-    keeps the longest sentence's size; `budget --measure` speaks one for the same reason)."""
+    buffers grow with the audio); piper on a dialogue.max_sentence_chars sentence (the longest
+    it is ever given; `budget --measure` speaks one for the same reason)."""
     distinct = list({c.name: c for c in clips}.values())
     Soak(p, distinct, {}, [], 0.0, hung_turn_s, watchdog_s, progress=False).replay()
     speech = _speech_only(_say(p, "en", [MONOLOGUE]))

@@ -34,7 +34,7 @@ _warned: set[str] = set()   # languages whose espeak fallback has been announced
 
 def longest_sentence(max_chars: int) -> str:
     """A sentence of the longest length the kiosk speaks (dialogue.max_sentence_chars): what a
-    warm-up or a measurement synthesises so that piper's arena is at its plateau (no digits:
+    warm-up or a measurement synthesises so that piper's transient peak is its largest (no digits:
     read out, they would lengthen it past the cut)."""
     clause = "the Central Library is north of the Central Lawn, past the clock tower, "
     return (clause * (max_chars // len(clause) + 1))[:max_chars - 1].rstrip(", ") + "."
@@ -47,10 +47,11 @@ class TTSError(UserError):
 class Synthesizer:
     """`synthesize(text, lang)` -> float32 chunks at `.sample_rate`, one per sentence.
 
-    Piper never gets more than `max_chars` at once (dialogue.max_sentence_chars): onnxruntime's
-    arena grows to the longest sentence it has synthesised and never shrinks, so one 311-char
-    route sentence (numbers read out make text longer) added ~150 MB for the rest of the
-    kiosk's life. Cut to the limit, the memory plan's piper row is a bound, not a guess."""
+    Piper never gets more than `max_chars` at once (dialogue.max_sentence_chars): its memory
+    while it speaks grows with the sentence (numbers read out make text longer; one 311-char
+    route sentence needed ~150 MB more), so cut to the limit the memory plan's piper row is a
+    bound, not a guess. Its session gives that memory back after each sentence (onnx_session,
+    `varying`)."""
 
     def __init__(self, cfg: Config | TTSConfig, models_dir: str | Path | None = None):
         full = isinstance(cfg, Config)
